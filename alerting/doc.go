@@ -1,0 +1,3 @@
+// Package alerting will hold rule evaluation, alert de-duplication across
+// nodes and notifications.
+package alerting
