@@ -1,0 +1,421 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+)
+
+// Config configures a DB.
+type Config struct {
+	// Path is the badger directory. Empty runs badger in memory (tests).
+	Path string
+	// Retention is how long samples are kept; 0 keeps them forever.
+	Retention time.Duration
+	// FlushInterval is how often chunks are persisted and the write-ahead
+	// records they cover deleted. Default 1m.
+	FlushInterval time.Duration
+	// FlushBytes triggers a flush early once this many write-ahead bytes
+	// accumulated. Default 256 MiB.
+	FlushBytes int64
+	// HeadWindow is how far behind the newest sample persisted chunks stay
+	// in memory for fast queries. Default 3h.
+	HeadWindow time.Duration
+	// RetentionInterval is how often expired data is deleted. Default 5m.
+	RetentionInterval time.Duration
+	// MaxExemplars sizes the in-memory exemplar ring. Default 100000.
+	MaxExemplars int64
+	// MemTableSize overrides badger's memtable size (64 MiB); tests that
+	// open many DBs set it small.
+	MemTableSize int64
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = time.Minute
+	}
+	if c.FlushBytes <= 0 {
+		c.FlushBytes = 256 << 20
+	}
+	if c.HeadWindow <= 0 {
+		c.HeadWindow = 3 * time.Hour
+	}
+	if c.RetentionInterval <= 0 {
+		c.RetentionInterval = 5 * time.Minute
+	}
+	if c.MaxExemplars <= 0 {
+		c.MaxExemplars = 100000
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+const stripeCount = 1 << 10
+
+// DB is the storage engine of one node. It implements storage.Storage.
+type DB struct {
+	cfg     Config
+	bdb     *badger.DB
+	logger  *slog.Logger
+	metrics *metrics
+
+	stripes [stripeCount]struct {
+		sync.Mutex
+		m map[uint64][]*memSeries
+	}
+	refsMu sync.RWMutex
+	refs   []*memSeries // by ref; refs[0] unused
+	index  *index
+
+	meta      *metadataStore
+	exemplars tsdb.ExemplarStorage
+
+	// commitMu orders commits against flushes: commits hold it shared while
+	// they write and apply a write-ahead record, so a flush that takes it
+	// exclusively knows every record up to walSeq is applied to memory.
+	commitMu sync.RWMutex
+	walSeq   atomic.Uint64
+	chunkSeq atomic.Uint64
+	walBytes atomic.Int64
+	maxTime  atomic.Int64 // newest sample timestamp seen
+
+	flushMu  sync.Mutex // one flush at a time
+	flushReq chan struct{}
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closed   atomic.Bool
+}
+
+// Open opens or creates the DB, replays its write-ahead records and starts
+// the background flush and retention loops.
+func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, error) {
+	cfg.setDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
+	opts := badger.DefaultOptions(cfg.Path).
+		WithInMemory(cfg.Path == "").
+		// A write is acknowledged only after it is on disk.
+		WithSyncWrites(true).
+		// Write-only transactions never conflict; skip the bookkeeping.
+		WithDetectConflicts(false).
+		// Chunks and series stay in the LSM tree; large write-ahead records
+		// go to the value log, whose GC reclaims them once deleted.
+		WithValueThreshold(16 << 10).
+		WithNumVersionsToKeep(1).
+		WithLogger(badgerLogger{logger.With("component", "badger")}).
+		WithMetricsEnabled(false)
+	if cfg.Path == "" {
+		// In memory there is no value log: every value stays in the tree.
+		opts = opts.WithValueThreshold(512 << 10)
+	}
+	if cfg.MemTableSize > 0 {
+		opts = opts.WithMemTableSize(cfg.MemTableSize).WithNumMemtables(2).WithBlockCacheSize(1 << 20).WithNumCompactors(2)
+	}
+	bdb, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open badger at %q: %w", cfg.Path, err)
+	}
+	db := &DB{
+		cfg:      cfg,
+		bdb:      bdb,
+		logger:   logger,
+		index:    newIndex(),
+		refs:     make([]*memSeries, 1),
+		meta:     newMetadataStore(),
+		flushReq: make(chan struct{}, 1),
+	}
+	db.maxTime.Store(math.MinInt64)
+	for i := range db.stripes {
+		db.stripes[i].m = map[uint64][]*memSeries{}
+	}
+	db.exemplars, err = tsdb.NewCircularExemplarStorage(cfg.MaxExemplars, tsdb.NewExemplarMetrics(reg), 0)
+	if err != nil {
+		return nil, errors.Join(err, bdb.Close())
+	}
+	db.metrics = newMetrics(db, reg)
+	stats, err := db.load()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("load %q: %w", cfg.Path, err), bdb.Close())
+	}
+	dur := time.Since(start)
+	db.metrics.startupSeconds.Set(dur.Seconds())
+	logger.Info("storage opened", "path", cfg.Path, "duration", dur, "series", stats.series,
+		"chunks_on_disk", stats.chunks, "wal_records", stats.walRecords, "wal_samples_replayed", stats.walSamples)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	db.cancel = cancel
+	db.wg.Add(2)
+	go db.flushLoop(ctx)
+	go db.retentionLoop(ctx)
+	return db, nil
+}
+
+// Close stops the background loops, persists the head and closes badger.
+func (db *DB) Close() error {
+	if db.closed.Swap(true) {
+		return nil
+	}
+	db.cancel()
+	db.wg.Wait()
+	err := db.flush()
+	return errors.Join(err, db.bdb.Close())
+}
+
+// StartTime implements storage.Storage: the oldest timestamp held.
+func (db *DB) StartTime() (int64, error) {
+	mint := int64(math.MaxInt64)
+	db.forEachSeries(func(s *memSeries) {
+		s.mu.Lock()
+		if s.minT < mint {
+			mint = s.minT
+		}
+		s.mu.Unlock()
+	})
+	if mint == math.MaxInt64 {
+		return db.cfg.Now().UnixMilli(), nil
+	}
+	return mint, nil
+}
+
+// minValidTime is the oldest timestamp accepted: retention bounds writes too.
+func (db *DB) minValidTime() int64 {
+	if db.cfg.Retention <= 0 {
+		return math.MinInt64
+	}
+	return db.cfg.Now().Add(-db.cfg.Retention).UnixMilli()
+}
+
+func (db *DB) seriesByRef(ref uint64) *memSeries {
+	db.refsMu.RLock()
+	defer db.refsMu.RUnlock()
+	if ref >= uint64(len(db.refs)) {
+		return nil
+	}
+	return db.refs[ref]
+}
+
+// forEachSeries calls fn for every live series.
+func (db *DB) forEachSeries(fn func(*memSeries)) {
+	db.refsMu.RLock()
+	all := make([]*memSeries, 0, len(db.refs))
+	for _, s := range db.refs {
+		if s != nil {
+			all = append(all, s)
+		}
+	}
+	db.refsMu.RUnlock()
+	for _, s := range all {
+		fn(s)
+	}
+}
+
+// getOrCreate returns the series for ls, creating and indexing it if new.
+func (db *DB) getOrCreate(ls labels.Labels) (*memSeries, error) {
+	h := ls.Hash()
+	st := &db.stripes[h%stripeCount]
+	st.Lock()
+	defer st.Unlock()
+	for _, s := range st.m[h] {
+		if labels.Equal(s.lset, ls) {
+			return s, nil
+		}
+	}
+	ls = ls.WithoutEmpty()
+	if ls.IsEmpty() {
+		return nil, fmt.Errorf("empty label set: %w", ErrInvalidLabels)
+	}
+	if _, dup := ls.HasDuplicateLabelNames(); dup {
+		return nil, fmt.Errorf("duplicate label names in %s: %w", ls, ErrInvalidLabels)
+	}
+	db.refsMu.Lock()
+	ref := uint64(len(db.refs))
+	s := newMemSeries(ref, PartitionOf(ls), ls)
+	db.refs = append(db.refs, s)
+	// Indexing under refsMu keeps refs in postings in increasing order.
+	db.index.add(ref, ls)
+	db.refsMu.Unlock()
+	st.m[h] = append(st.m[h], s)
+	db.metrics.seriesCreated.Inc()
+	return s, nil
+}
+
+// removeSeries drops a series from memory (its keys are deleted by the caller).
+func (db *DB) removeSeries(s *memSeries) {
+	h := s.lset.Hash()
+	st := &db.stripes[h%stripeCount]
+	st.Lock()
+	list := st.m[h]
+	for i, x := range list {
+		if x == s {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(st.m, h)
+	} else {
+		st.m[h] = list
+	}
+	st.Unlock()
+	db.refsMu.Lock()
+	if s.ref < uint64(len(db.refs)) && db.refs[s.ref] == s {
+		db.refs[s.ref] = nil
+	}
+	db.refsMu.Unlock()
+	db.index.remove(s.ref, s.lset)
+	db.metrics.seriesRemoved.Inc()
+}
+
+func (db *DB) newChunkSeq() uint64 { return db.chunkSeq.Add(1) }
+
+// commit makes an appender's batch durable, then applies it to memory.
+func (db *DB) commit(a *appender) error {
+	if db.closed.Load() {
+		return errClosed
+	}
+	if !a.empty() {
+		if err := db.commitDurable(a); err != nil {
+			return err
+		}
+	}
+	for _, pe := range a.exemplars {
+		// Exemplars live in memory only, like in Prometheus before its
+		// exemplar WAL; an invalid or duplicate one must not fail the write.
+		_ = db.exemplars.AddExemplar(pe.lset, pe.e)
+	}
+	return nil
+}
+
+var errClosed = errors.New("storage closed")
+
+func (db *DB) commitDurable(a *appender) error {
+	start := time.Now()
+	db.commitMu.RLock()
+	defer db.commitMu.RUnlock()
+
+	walVals := a.encodeWAL()
+	txn := db.bdb.NewTransaction(true)
+	set := func(k, v []byte) error {
+		err := txn.Set(k, v)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			// Earlier keys only create series and metadata; committing them
+			// on their own is harmless if the rest then fails.
+			if err = txn.Commit(); err != nil {
+				return err
+			}
+			txn = db.bdb.NewTransaction(true)
+			err = txn.Set(k, v)
+		}
+		return err
+	}
+	var err error
+	for s := range a.touched {
+		if !s.saved.Load() {
+			if err = set(seriesKey(s.part, s.ref), encodeLabels(nil, s.lset)); err != nil {
+				break
+			}
+		}
+	}
+	for fam, m := range a.meta {
+		if err != nil {
+			break
+		}
+		err = set(metadataKey(fam), encodeMetadata(m))
+	}
+	walLen := 0
+	for _, v := range walVals {
+		if err != nil {
+			break
+		}
+		walLen += len(v)
+		err = set(walKey(db.walSeq.Add(1)), v)
+	}
+	if err == nil {
+		err = txn.Commit()
+	} else {
+		txn.Discard()
+	}
+	if err != nil {
+		db.metrics.commitFailures.Inc()
+		return fmt.Errorf("commit write-ahead record: %w", err)
+	}
+	for s := range a.touched {
+		s.saved.Store(true)
+	}
+	for fam, m := range a.meta {
+		db.meta.set(fam, m)
+	}
+	db.metrics.commitDuration.Observe(time.Since(start).Seconds())
+
+	appended := 0
+	maxT := int64(math.MinInt64)
+	apply := func(s *memSeries, sm sample) {
+		s.mu.Lock()
+		ok, err := s.append(sm, db.newChunkSeq)
+		s.mu.Unlock()
+		switch {
+		case err != nil:
+			// Lost a race with a concurrent commit of the same timestamp.
+			db.metrics.rejected.WithLabelValues("duplicate_timestamp").Inc()
+		case ok:
+			appended++
+			if sm.t > maxT {
+				maxT = sm.t
+			}
+		default:
+			db.metrics.duplicates.Inc()
+		}
+	}
+	for i, r := range a.samples {
+		apply(a.sseries[i], sample{st: r.ST, t: r.T, f: r.V})
+	}
+	for i, r := range a.hists {
+		apply(a.hseries[i], sample{st: r.ST, t: r.T, h: r.H})
+	}
+	for i, r := range a.fhists {
+		apply(a.fhseries[i], sample{st: r.ST, t: r.T, fh: r.FH})
+	}
+	db.metrics.samplesAppended.Add(float64(appended))
+	for {
+		cur := db.maxTime.Load()
+		if maxT <= cur || db.maxTime.CompareAndSwap(cur, maxT) {
+			break
+		}
+	}
+	if db.walBytes.Add(int64(walLen)) > db.cfg.FlushBytes {
+		select {
+		case db.flushReq <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// ExemplarQuerier implements storage.ExemplarQueryable.
+func (db *DB) ExemplarQuerier(ctx context.Context) (storage.ExemplarQuerier, error) {
+	return db.exemplars.ExemplarQuerier(ctx)
+}
+
+// badgerLogger routes badger's logs to slog; badger is chatty at info.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Debugf(string, ...any)       {}
