@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"slices"
 	"time"
 
@@ -124,12 +125,13 @@ func (s *memSeries) evict(t int64) {
 	s.oooChunks = slices.DeleteFunc(s.oooChunks, func(c *memChunk) bool { return !keep(c, false) })
 }
 
+// encodeChunkValue is the persisted form of a chunk; see chunkFromValue.
 func encodeChunkValue(c *memChunk) []byte {
 	b := c.chk.Bytes()
-	v := make([]byte, 1+len(b))
+	v := make([]byte, 1+len(b), 1+len(b)+4)
 	v[0] = byte(c.chk.Encoding())
 	copy(v[1:], b)
-	return v
+	return binary.BigEndian.AppendUint32(v, crc32.Checksum(v, castagnoli))
 }
 
 // deleteWAL deletes write-ahead records with seq <= upto.

@@ -2,6 +2,10 @@ package shard
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"fmt"
 	"slices"
 
 	"github.com/dgraph-io/badger/v4"
@@ -204,12 +208,9 @@ func (ss *seriesSet) readDisk(s *memSeries, mem map[uint64]struct{}, out []readC
 		if err != nil {
 			return out, err
 		}
-		if len(v) < 1 {
-			return out, errBadKey
-		}
-		chk, err := chunkenc.FromData(chunkenc.Encoding(v[0]), v[1:])
+		chk, err := chunkFromValue(v)
 		if err != nil {
-			return out, err
+			return out, fmt.Errorf("series %d chunk %d: %w", s.ref, k.seq, err)
 		}
 		out = append(out, readChunk{chk: chk, mint: k.mint, maxt: k.maxt, seq: k.seq})
 	}
@@ -224,8 +225,8 @@ func (ss *seriesSet) close() {
 	}
 }
 
-func (ss *seriesSet) At() storage.Series                 { return ss.cur }
-func (ss *seriesSet) Err() error                         { return ss.err }
+func (ss *seriesSet) At() storage.Series                { return ss.cur }
+func (ss *seriesSet) Err() error                        { return ss.err }
 func (ss *seriesSet) Warnings() annotations.Annotations { return nil }
 
 // memSeriesView is a series handed to a reader: its labels and an immutable
@@ -250,3 +251,21 @@ type chunkQuerier struct{ querier }
 func (q *chunkQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.ChunkSeriesSet {
 	return storage.NewSeriesSetToChunkSet(q.querier.Select(ctx, sortSeries, hints, ms...))
 }
+
+var errBadChunk = errors.New("malformed chunk value")
+
+// chunkFromValue decodes a persisted chunk value: encoding byte, chunk
+// bytes, CRC32-C of both. The checksum keeps a corrupt value from reaching
+// the chunk decoders, which trust their input.
+func chunkFromValue(v []byte) (chunkenc.Chunk, error) {
+	if len(v) < 1+2+4 || !chunkenc.IsValidEncoding(chunkenc.Encoding(v[0])) {
+		return nil, errBadChunk
+	}
+	body, sum := v[:len(v)-4], binary.BigEndian.Uint32(v[len(v)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, fmt.Errorf("checksum mismatch: %w", errBadChunk)
+	}
+	return chunkenc.FromData(chunkenc.Encoding(v[0]), body[1:])
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
