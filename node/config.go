@@ -1,0 +1,425 @@
+package node
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/units"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/common/promslog"
+	promconfig "github.com/prometheus/prometheus/config"
+)
+
+// Defaults of the command-line flags.
+const (
+	DefaultStoragePath         = "./data"
+	DefaultRetention           = 15 * 24 * time.Hour
+	DefaultQueryTimeout        = 2 * time.Minute
+	DefaultQueryMaxSamples     = 50_000_000
+	DefaultQueryMaxConcurrency = 20
+	DefaultLookbackDelta       = 5 * time.Minute
+	DefaultLogLevel            = "info"
+	DefaultLogFormat           = "logfmt"
+	DefaultMaxRequestBytes     = 64 << 20
+
+	// DefaultListenAddress uses 9364 rather than Prometheus's 9090 so that
+	// Kiln and a Prometheus server can run side by side on one host, for
+	// example while a Prometheus setup is being migrated.
+	DefaultListenAddress = "0.0.0.0:9364"
+)
+
+// Flag names, shared by the flag set, the precedence rules and Flags.
+const (
+	flagStoragePath         = "storage.path"
+	flagRetention           = "storage.retention.time"
+	flagListenAddress       = "web.listen-address"
+	flagMaxRequestBytes     = "web.max-request-bytes"
+	flagConfigFile          = "config.file"
+	flagQueryTimeout        = "query.timeout"
+	flagQueryMaxSamples     = "query.max-samples"
+	flagQueryMaxConcurrency = "query.max-concurrency"
+	flagLookbackDelta       = "query.lookback-delta"
+	flagLogLevel            = "log.level"
+	flagLogFormat           = "log.format"
+	flagVersion             = "version"
+)
+
+var (
+	logLevels  = []string{"debug", "info", "warn", "error"}
+	logFormats = []string{"logfmt", "json"}
+)
+
+// Config is the complete configuration of one Kiln process: the flags, and
+// the configuration file they point to.
+type Config struct {
+	StoragePath         string
+	Retention           time.Duration
+	ListenAddress       string
+	ConfigFile          string
+	QueryTimeout        time.Duration
+	QueryMaxSamples     int
+	QueryMaxConcurrency int
+	LookbackDelta       time.Duration
+	LogLevel            string
+	LogFormat           string
+	// MaxRequestBytes bounds the body of a request, such as a remote-write
+	// batch, before it is decompressed.
+	MaxRequestBytes int64
+
+	// PrintVersion is set by --version. ParseFlags then returns at once,
+	// without validating the other flags or reading the configuration file.
+	PrintVersion bool
+
+	// Prom is the prometheus.yml part of the configuration: loaded from
+	// ConfigFile, or the embedded default when ConfigFile is empty.
+	Prom *promconfig.Config
+	// Kiln is the `kiln:` section of the configuration file.
+	Kiln FileConfig
+	// ConfigYAML is what /api/v1/status/config shows: the loaded
+	// configuration re-marshalled, so that secrets appear as <secret>.
+	ConfigYAML string
+	// Embedded is true when no --config.file was given.
+	Embedded bool
+
+	// explicit holds the names of the flags given on the command line; they
+	// win over the configuration file. It is only read once ParseFlags
+	// returns, so copies of Config may share it.
+	explicit map[string]bool
+}
+
+// DefaultConfig returns the configuration of a Kiln started without flags:
+// every flag at its default and the embedded scrape configuration. Tests
+// that run a node in-process start from it.
+func DefaultConfig() Config {
+	c := defaultFlags()
+	c.useEmbedded()
+	return c
+}
+
+func defaultFlags() Config {
+	return Config{
+		StoragePath:         DefaultStoragePath,
+		Retention:           DefaultRetention,
+		ListenAddress:       DefaultListenAddress,
+		QueryTimeout:        DefaultQueryTimeout,
+		QueryMaxSamples:     DefaultQueryMaxSamples,
+		QueryMaxConcurrency: DefaultQueryMaxConcurrency,
+		LookbackDelta:       DefaultLookbackDelta,
+		LogLevel:            DefaultLogLevel,
+		LogFormat:           DefaultLogFormat,
+		MaxRequestBytes:     DefaultMaxRequestBytes,
+	}
+}
+
+// ParseFlags parses the command line (without the program name, i.e.
+// os.Args[1:]) and loads the configuration file it names, or the embedded
+// default. Errors name the offending flag or file. For -h/--help it returns
+// an error that matches flag.ErrHelp; the caller prints Usage.
+func ParseFlags(args []string) (Config, error) {
+	c := defaultFlags()
+	fs := c.flagSet()
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return Config{}, err
+		}
+		return Config{}, doubleDash(err)
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q: all settings are --name=value flags", fs.Arg(0))
+	}
+	c.explicit = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { c.explicit[f.Name] = true })
+	if c.PrintVersion {
+		return c, nil
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	if c.ConfigFile == "" {
+		c.useEmbedded()
+		return c, nil
+	}
+	prom, kiln, text, err := LoadConfigFile(c.ConfigFile, c.Logger(os.Stderr))
+	if err != nil {
+		return Config{}, fmt.Errorf("--%s: %w", flagConfigFile, err)
+	}
+	c.useFile(prom, kiln, text)
+	return c, nil
+}
+
+// Reload re-reads ConfigFile and returns c with Prom, Kiln, ConfigYAML and
+// the settings the file can override updated. c itself is left alone, so a
+// failed reload keeps the running configuration. With the embedded
+// configuration there is nothing to re-read and c is returned unchanged.
+func (c Config) Reload(logger *slog.Logger) (Config, error) {
+	if c.Embedded || c.ConfigFile == "" {
+		return c, nil
+	}
+	prom, kiln, text, err := LoadConfigFile(c.ConfigFile, logger)
+	if err != nil {
+		return c, err
+	}
+	c.useFile(prom, kiln, text)
+	return c, nil
+}
+
+func (c *Config) useEmbedded() {
+	c.Prom = DefaultPromConfig(c.ListenAddress)
+	c.Kiln = FileConfig{}
+	c.ConfigYAML = c.Prom.String()
+	c.Embedded = true
+}
+
+// useFile installs a loaded file and applies the precedence rule: a flag
+// given on the command line wins, then the file, then the flag's default.
+// Settings not given explicitly are still at their defaults here (ParseFlags)
+// or are reset to them (Reload), so that removing a setting from the file
+// and reloading restores the default.
+func (c *Config) useFile(prom *promconfig.Config, kiln FileConfig, text string) {
+	c.Prom, c.Kiln, c.ConfigYAML, c.Embedded = prom, kiln, text, false
+
+	if !c.explicit[flagRetention] {
+		c.Retention = DefaultRetention
+		// storage.tsdb.retention.time is Prometheus's own place for this
+		// setting (the flag is deprecated there), so honour it rather than
+		// invent a Kiln one.
+		if r := prom.StorageConfig.TSDBConfig; r != nil && r.Retention != nil && r.Retention.Time > 0 {
+			c.Retention = time.Duration(r.Retention.Time)
+		}
+	}
+	q := kiln.Query
+	if !c.explicit[flagQueryTimeout] {
+		c.QueryTimeout = orDefault(time.Duration(q.Timeout), DefaultQueryTimeout)
+	}
+	if !c.explicit[flagQueryMaxSamples] {
+		c.QueryMaxSamples = orDefault(q.MaxSamples, DefaultQueryMaxSamples)
+	}
+	if !c.explicit[flagLookbackDelta] {
+		c.LookbackDelta = orDefault(time.Duration(q.LookbackDelta), DefaultLookbackDelta)
+	}
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Validate checks the flag values. ParseFlags calls it; callers that build a
+// Config by hand (tests) may too.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(name string, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if c.StoragePath == "" {
+		bad(flagStoragePath, "must not be empty")
+	}
+	if c.Retention <= 0 {
+		bad(flagRetention, "must be positive, got %s", c.Retention)
+	}
+	if err := checkListenAddress(c.ListenAddress); err != nil {
+		bad(flagListenAddress, "%v", err)
+	}
+	if c.QueryTimeout <= 0 {
+		bad(flagQueryTimeout, "must be positive, got %s", c.QueryTimeout)
+	}
+	if c.QueryMaxSamples <= 0 {
+		bad(flagQueryMaxSamples, "must be positive, got %d", c.QueryMaxSamples)
+	}
+	if c.QueryMaxConcurrency <= 0 {
+		bad(flagQueryMaxConcurrency, "must be positive, got %d", c.QueryMaxConcurrency)
+	}
+	if c.LookbackDelta <= 0 {
+		bad(flagLookbackDelta, "must be positive, got %s", c.LookbackDelta)
+	}
+	if c.MaxRequestBytes <= 0 {
+		bad(flagMaxRequestBytes, "must be positive, got %d", c.MaxRequestBytes)
+	}
+	if !slices.Contains(logLevels, c.LogLevel) {
+		bad(flagLogLevel, "%q is not one of %s", c.LogLevel, strings.Join(logLevels, "|"))
+	}
+	if !slices.Contains(logFormats, c.LogFormat) {
+		bad(flagLogFormat, "%q is not one of %s", c.LogFormat, strings.Join(logFormats, "|"))
+	}
+	return errors.Join(errs...)
+}
+
+func checkListenAddress(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		return fmt.Errorf("invalid port %q in %q", port, addr)
+	}
+	return nil
+}
+
+// Flags returns every flag's name and value, formatted as the flag would
+// parse it (15d, 64MiB), for /api/v1/status/flags. Values are the effective
+// ones, after the configuration file was applied.
+func (c Config) Flags() map[string]string {
+	cp := c
+	fs := cp.flagSet()
+	out := make(map[string]string)
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == flagVersion {
+			return // an action, not a setting
+		}
+		out[f.Name] = f.Value.String()
+	})
+	return out
+}
+
+// Usage writes the flag reference, Prometheus style (--name=default).
+func Usage(w io.Writer) {
+	c := defaultFlags()
+	fs := c.flagSet()
+	fmt.Fprintf(w, "Usage: kiln [flags]\n\nFlags:\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+			fmt.Fprintf(w, "  --%s\n", f.Name)
+		} else {
+			fmt.Fprintf(w, "  --%s=%s\n", f.Name, f.DefValue)
+		}
+		fmt.Fprintf(w, "      %s\n", f.Usage)
+	})
+}
+
+// Logger returns the logger that --log.level and --log.format ask for,
+// writing to w.
+func (c Config) Logger(w io.Writer) *slog.Logger {
+	lvl := promslog.NewLevel()
+	if err := lvl.Set(c.LogLevel); err != nil {
+		_ = lvl.Set(DefaultLogLevel) // Validate reports the bad value; log meanwhile.
+	}
+	format := promslog.NewFormat()
+	if err := format.Set(c.LogFormat); err != nil {
+		_ = format.Set(DefaultLogFormat)
+	}
+	return promslog.New(&promslog.Config{Level: lvl, Format: format, Writer: w})
+}
+
+// flagSet binds a private flag set to c's fields. The current values become
+// the defaults, so the same definitions serve ParseFlags (c at defaults),
+// Flags (c at its effective values) and Usage.
+func (c *Config) flagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("kiln", flag.ContinueOnError)
+	// Errors are returned, not printed: the caller decides where they go.
+	fs.SetOutput(io.Discard)
+
+	fs.StringVar(&c.StoragePath, flagStoragePath, c.StoragePath,
+		"Directory holding the shards' data.")
+	fs.Var(durationValue{&c.Retention}, flagRetention,
+		"How long to keep samples (Prometheus durations: 15d, 2w, 12h). storage.tsdb.retention.time in the config file applies when this flag is not given.")
+	fs.StringVar(&c.ListenAddress, flagListenAddress, c.ListenAddress,
+		"Address to listen on for the API, remote write and /metrics.")
+	fs.Var(bytesValue{&c.MaxRequestBytes}, flagMaxRequestBytes,
+		"Largest accepted request body, e.g. a remote-write batch (64MiB, 1GiB or plain bytes).")
+	fs.StringVar(&c.ConfigFile, flagConfigFile, c.ConfigFile,
+		"Configuration file in the prometheus.yml format with an optional kiln: section. Without it Kiln scrapes only itself.")
+	fs.Var(durationValue{&c.QueryTimeout}, flagQueryTimeout,
+		"Maximum time a query may take before it is aborted.")
+	fs.IntVar(&c.QueryMaxSamples, flagQueryMaxSamples, c.QueryMaxSamples,
+		"Maximum number of samples a single query may load into memory.")
+	fs.IntVar(&c.QueryMaxConcurrency, flagQueryMaxConcurrency, c.QueryMaxConcurrency,
+		"Maximum number of queries executed concurrently.")
+	fs.Var(durationValue{&c.LookbackDelta}, flagLookbackDelta,
+		"How far back PromQL looks for a sample when evaluating an instant.")
+	fs.Var(enumValue{&c.LogLevel, logLevels}, flagLogLevel,
+		"Only log messages at or above this level: "+strings.Join(logLevels, "|")+".")
+	fs.Var(enumValue{&c.LogFormat, logFormats}, flagLogFormat,
+		"Log format: "+strings.Join(logFormats, "|")+".")
+	fs.BoolVar(&c.PrintVersion, flagVersion, c.PrintVersion,
+		"Print version information and exit.")
+	return fs
+}
+
+// doubleDash rewrites the flag package's "-name" in errors to the "--name"
+// spelling Kiln documents; both are accepted on the command line.
+func doubleDash(err error) error {
+	msg := err.Error()
+	for _, from := range []string{"for flag -", "not defined: -", "argument: -", "for -"} {
+		if i := strings.Index(msg, from); i >= 0 && !strings.HasPrefix(msg[i+len(from):], "-") {
+			return errors.New(msg[:i+len(from)] + "-" + msg[i+len(from):])
+		}
+	}
+	return err
+}
+
+// durationValue is a flag.Value in Prometheus's duration syntax, which adds
+// d, w and y to Go's units.
+type durationValue struct{ p *time.Duration }
+
+func (v durationValue) String() string {
+	if v.p == nil { // flag.isZeroValue calls String on a zero Value.
+		return ""
+	}
+	return model.Duration(*v.p).String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := model.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v.p = time.Duration(d)
+	return nil
+}
+
+// bytesValue is a flag.Value for sizes: 64MiB, 512KB (both base 2) or a
+// plain number of bytes.
+type bytesValue struct{ p *int64 }
+
+func (v bytesValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return units.Base2Bytes(*v.p).String()
+}
+
+func (v bytesValue) Set(s string) error {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		*v.p = n
+		return nil
+	}
+	n, err := units.ParseBase2Bytes(s)
+	if err != nil {
+		return fmt.Errorf("not a size like 64MiB: %w", err)
+	}
+	*v.p = int64(n)
+	return nil
+}
+
+// enumValue is a string flag.Value restricted to a fixed set of values.
+type enumValue struct {
+	p       *string
+	allowed []string
+}
+
+func (v enumValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+func (v enumValue) Set(s string) error {
+	if !slices.Contains(v.allowed, s) {
+		return fmt.Errorf("must be one of %s", strings.Join(v.allowed, "|"))
+	}
+	*v.p = s
+	return nil
+}

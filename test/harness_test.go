@@ -1,0 +1,164 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/golang/snappy"
+	"github.com/prometheus/prometheus/prompb"
+	"github.com/stretchr/testify/require"
+)
+
+// kilnBin is the binary built once by TestMain.
+var kilnBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kiln-test-bin")
+	if err != nil {
+		panic(err)
+	}
+	kilnBin = filepath.Join(dir, "kiln")
+	cmd := exec.Command("go", "build", "-o", kilnBin, "../node/cmd/kiln")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building kiln:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is one kiln process started by a test.
+type proc struct {
+	t    *testing.T
+	args []string
+	addr string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan struct{}
+}
+
+// freeAddr returns a free loopback TCP address.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startKiln starts kiln with the given data dir and extra flags and waits
+// until /-/ready answers.
+func startKiln(t *testing.T, dataDir, addr string, extra ...string) *proc {
+	t.Helper()
+	cfg := filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-prometheus.yml")
+	// A config file with only global settings: nothing is scraped, so the
+	// database holds exactly what the test writes.
+	require.NoError(t, os.WriteFile(cfg, []byte("global:\n  scrape_interval: 15s\n"), 0o644))
+	args := append([]string{"--storage.path=" + dataDir, "--web.listen-address=" + addr, "--config.file=" + cfg, "--log.level=info"}, extra...)
+	p := &proc{t: t, args: args, addr: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(kilnBin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	require.NoError(t, p.cmd.Start())
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.kill() })
+	require.Eventually(t, func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("kiln exited early: %s", p.log.String())
+		default:
+		}
+		resp, err := http.Get("http://" + addr + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 60*time.Second, 50*time.Millisecond, "kiln did not become ready")
+	return p
+}
+
+// kill sends SIGKILL to the process this test started and waits for it.
+func (p *proc) kill() {
+	if p.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// remoteWrite sends one remote-write 1.0 request and returns the status.
+func remoteWrite(ctx context.Context, addr string, ts []prompb.TimeSeries) (int, error) {
+	req := &prompb.WriteRequest{Timeseries: ts}
+	raw, err := req.Marshal()
+	if err != nil {
+		return 0, err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/v1/write", bytes.NewReader(snappy.Encode(nil, raw)))
+	if err != nil {
+		return 0, err
+	}
+	hreq.Header.Set("Content-Type", "application/x-protobuf")
+	hreq.Header.Set("Content-Encoding", "snappy")
+	hreq.Header.Set("X-Prometheus-Remote-Write-Version", "0.1.0")
+	resp, err := http.DefaultClient.Do(hreq)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+// promResponse is the envelope of the Prometheus HTTP API.
+type promResponse struct {
+	Status    string          `json:"status"`
+	Data      json.RawMessage `json:"data"`
+	ErrorType string          `json:"errorType"`
+	Error     string          `json:"error"`
+}
+
+type matrixResult []struct {
+	Metric map[string]string `json:"metric"`
+	Values [][2]any          `json:"values"`
+}
+
+// queryRange runs a range query and returns series name label -> samples.
+func queryRange(t *testing.T, addr, q string, start, end time.Time, step time.Duration) matrixResult {
+	t.Helper()
+	v := url.Values{"query": {q}, "start": {fmtTime(start)}, "end": {fmtTime(end)}, "step": {strconv.FormatFloat(step.Seconds(), 'f', -1, 64)}}
+	resp, err := http.PostForm("http://"+addr+"/api/v1/query_range", v)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var pr promResponse
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&pr))
+	require.Equal(t, "success", pr.Status, "%s: %s", pr.ErrorType, pr.Error)
+	var env struct {
+		ResultType string       `json:"resultType"`
+		Result     matrixResult `json:"result"`
+	}
+	require.NoError(t, json.Unmarshal(pr.Data, &env))
+	return env.Result
+}
+
+func fmtTime(t time.Time) string {
+	return strconv.FormatFloat(float64(t.UnixMilli())/1000, 'f', 3, 64)
+}
