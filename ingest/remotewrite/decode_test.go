@@ -267,7 +267,7 @@ func TestDecodeNonCanonical(t *testing.T) {
 
 	t.Run("v1", func(t *testing.T) {
 		var hist []byte
-		hist = varint(hist, 1, 5)                             // count_int
+		hist = varint(hist, 1, 5)                                  // count_int
 		hist = protowire.AppendTag(hist, 12, protowire.VarintType) // positive_deltas, unpacked...
 		hist = protowire.AppendVarint(hist, protowire.EncodeZigZag(2))
 		hist = protowire.AppendTag(hist, 9, protowire.VarintType) // ...interleaved with negative_deltas

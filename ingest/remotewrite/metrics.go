@@ -56,8 +56,8 @@ const (
 	reasonTooOld
 	reasonDuplicate
 	reasonTooFarInFuture
-	reasonNoSample    // exemplar with no sample of its series in the request
-	reasonStorage     // exemplar the storage declined (AppendPartialError)
+	reasonNoSample       // exemplar with no sample of its series in the request
+	reasonStorage        // exemplar the storage declined (AppendPartialError)
 	reasonSampleRejected // exemplar whose sample was rejected
 	numReasons
 )
@@ -75,8 +75,8 @@ func (r reason) String() string {
 var statusCodes = [...]int{204, 400, 405, 413, 415, 500, 503}
 
 type metrics struct {
-	requests       [numProtocols]map[int]prometheus.Counter
-	written        [numKinds]prometheus.Counter
+	requests [numProtocols]map[int]prometheus.Counter
+	written  [numKinds]prometheus.Counter
 	// rejected is resolved per use: rejections are the exception, and
 	// pre-creating every kind×reason pair would export meaningless series.
 	rejected       *prometheus.CounterVec
@@ -106,13 +106,13 @@ func newMetrics(reg prometheus.Registerer, h *Handler) *metrics {
 	}, []string{"type", "reason"})
 	durationOpts := func(name, help string) prometheus.HistogramOpts {
 		return prometheus.HistogramOpts{
-			Namespace:                       "kiln",
-			Subsystem:                       "remote_write",
-			Name:                            name,
-			Help:                            help,
-			Buckets:                         prometheus.ExponentialBuckets(0.0001, 4, 9), // 100µs … 6.5s
-			NativeHistogramBucketFactor:     1.1,
-			NativeHistogramMaxBucketNumber:  100,
+			Namespace:                      "kiln",
+			Subsystem:                      "remote_write",
+			Name:                           name,
+			Help:                           help,
+			Buckets:                        prometheus.ExponentialBuckets(0.0001, 4, 9), // 100µs … 6.5s
+			NativeHistogramBucketFactor:    1.1,
+			NativeHistogramMaxBucketNumber: 100,
 		}
 	}
 	decode := f.NewHistogramVec(durationOpts("decode_duration_seconds",
