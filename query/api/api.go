@@ -9,6 +9,13 @@
 // storage.SampleAndChunkQueryable, so the API runs unchanged over a single
 // tsdb, a Kiln shard or a cluster fan-out.
 //
+// Query engine: @ modifiers and negative offsets are on and duration
+// expressions parse, as in a default Prometheus v0.315; delayed name
+// removal, experimental functions and per-step stats stay off, as they do
+// there without feature flags. At most Config.MaxConcurrency queries run at
+// once; the rest queue until their deadline and then fail with a 503
+// "timeout" (see queryGate).
+//
 // Error classification: besides the promql error types, any storage error
 // that has an `Unavailable() bool` method returning true is reported as
 // errorType "unavailable" (503). That lets storage say "not ready / no
@@ -46,17 +53,19 @@ import (
 )
 
 // Config holds the query-path flags. A zero field takes the value from
-// DefaultConfig, so callers only set what they override.
+// DefaultConfig, so callers only set what they override; where a limit can
+// be switched off, a negative value does that (Prometheus's flags use 0,
+// which here means "default").
 type Config struct {
 	Timeout        time.Duration // --query.timeout (default 2m)
 	MaxSamples     int           // --query.max-samples (default 50e6)
-	MaxConcurrency int           // --query.max-concurrency (default 20, negative = unlimited)
+	MaxConcurrency int           // --query.max-concurrency (default 20, negative: unlimited)
 	LookbackDelta  time.Duration // --query.lookback-delta (default 5m)
 
 	// Remote read limits, as Prometheus's --storage.remote.read-* flags.
-	RemoteReadSampleLimit      int // 0 = no limit (samples response only)
-	RemoteReadConcurrencyLimit int // 0 = no limit
-	RemoteReadMaxBytesInFrame  int // 0 = 1 MiB
+	RemoteReadSampleLimit      int // default 50e6, negative: unlimited; samples responses only
+	RemoteReadConcurrencyLimit int // default 10, negative: unlimited
+	RemoteReadMaxBytesInFrame  int // default 1 MiB; streamed responses only
 }
 
 // DefaultConfig returns Prometheus's defaults for the query flags.
@@ -176,10 +185,10 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 	// route that through a wrapper so a duplicate registration becomes an
 	// error from New rather than a panic.
 	var creg *checkedRegisterer
-	var engineReg prometheus.Registerer
+	var metricsReg prometheus.Registerer
 	if reg != nil {
 		creg = &checkedRegisterer{Registerer: reg}
-		engineReg = creg
+		metricsReg = creg
 	}
 
 	a := &API{
@@ -191,7 +200,7 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 		parser: parser.NewParser(parser.Options{ExperimentalDurationExpr: true}),
 		now:    time.Now,
 	}
-	a.metrics = newAPIMetrics(engineReg)
+	a.metrics = newAPIMetrics(metricsReg)
 
 	var tracker promql.QueryTracker
 	if cfg.MaxConcurrency > 0 {
@@ -200,7 +209,7 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 	}
 	a.engine = promql.NewEngine(promql.EngineOpts{
 		Logger:             logger.With("component", "query engine"),
-		Reg:                engineReg,
+		Reg:                metricsReg,
 		MaxSamples:         cfg.MaxSamples,
 		Timeout:            cfg.Timeout,
 		ActiveQueryTracker: tracker,
@@ -215,7 +224,7 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 		Parser:               a.parser,
 	})
 
-	remoteRead := newRemoteReadHandler(cfg, deps.Queryable, engineReg, logger)
+	remoteRead := newRemoteReadHandler(cfg, deps.Queryable, metricsReg, logger)
 
 	if creg != nil && creg.err != nil {
 		_ = a.engine.Close()
@@ -240,6 +249,12 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.LookbackDelta <= 0 {
 		cfg.LookbackDelta = def.LookbackDelta
+	}
+	if cfg.RemoteReadSampleLimit == 0 {
+		cfg.RemoteReadSampleLimit = def.RemoteReadSampleLimit
+	}
+	if cfg.RemoteReadConcurrencyLimit == 0 {
+		cfg.RemoteReadConcurrencyLimit = def.RemoteReadConcurrencyLimit
 	}
 	if cfg.RemoteReadMaxBytesInFrame <= 0 {
 		cfg.RemoteReadMaxBytesInFrame = def.RemoteReadMaxBytesInFrame

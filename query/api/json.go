@@ -384,6 +384,14 @@ func appendTimestamp(b []byte, t int64) []byte {
 // strconv's spelling of the specials: "NaN", "+Inf", "-Inf".
 func appendSampleValue(b []byte, f float64) []byte {
 	b = append(b, '"')
+	// Most samples are counters and gauges holding whole numbers, which
+	// AppendInt writes about 3x faster than AppendFloat with the same
+	// digits. Below 2^53 every such float is an exact integer; -0 keeps
+	// its sign through AppendFloat.
+	if f == math.Trunc(f) && math.Abs(f) < 1<<53 && (f != 0 || !math.Signbit(f)) {
+		b = strconv.AppendInt(b, int64(f), 10)
+		return append(b, '"')
+	}
 	format := byte('f')
 	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'

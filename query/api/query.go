@@ -138,7 +138,7 @@ func (a *API) execQuery(ctx context.Context, r *request, qry promql.Query, limit
 
 	warnings := res.Warnings
 	if limit > 0 && truncateResult(res, limit) {
-		warnings = warnings.Add(errors.New("results truncated due to limit"))
+		warnings = warnings.Add(errTruncated)
 	}
 	statsParam := r.formValue("stats")
 	switch statsParam {

@@ -22,15 +22,17 @@ import (
 //
 // Kiln has no external labels yet, hence the empty config.
 func newRemoteReadHandler(cfg Config, q storage.SampleAndChunkQueryable, reg prometheus.Registerer, logger *slog.Logger) fasthttp.RequestHandler {
+	// Config uses negative for "unlimited"; the handler uses 0 for the
+	// sample limit and has no such value for concurrency (its gate would
+	// block forever at 0), so unlimited is a gate too large to fill: a
+	// channel of empty structs costs nothing however large its capacity.
+	samples := max(cfg.RemoteReadSampleLimit, 0)
 	concurrency := cfg.RemoteReadConcurrencyLimit
-	if concurrency <= 0 {
-		// Prometheus documents 0 as "no limit", but its gate would then
-		// block forever. A channel of empty structs costs nothing however
-		// large its capacity.
+	if concurrency < 0 {
 		concurrency = math.MaxInt32
 	}
 	h := remote.NewReadHandler(logger.With("component", "remote read"), reg, q,
 		func() config.Config { return config.Config{} },
-		cfg.RemoteReadSampleLimit, concurrency, cfg.RemoteReadMaxBytesInFrame)
+		samples, concurrency, cfg.RemoteReadMaxBytesInFrame)
 	return fasthttpadaptor.NewFastHTTPHandler(h)
 }

@@ -32,6 +32,13 @@ type readSeries struct {
 // a Prometheus configured with remote_read pointing at Kiln does.
 func remoteRead(t *testing.T, env *testEnv, typ prompb.ReadRequest_ResponseType, mint, maxt int64, ms ...*labels.Matcher) map[string]readSeries {
 	t.Helper()
+	out, err := tryRemoteRead(t, env, typ, mint, maxt, ms...)
+	require.NoError(t, err)
+	return out
+}
+
+func tryRemoteRead(t *testing.T, env *testEnv, typ prompb.ReadRequest_ResponseType, mint, maxt int64, ms ...*labels.Matcher) (map[string]readSeries, error) {
+	t.Helper()
 	u, err := url.Parse(env.url + "/api/v1/read")
 	require.NoError(t, err)
 	c, err := remote.NewReadClient("kiln-test", &remote.ClientConfig{
@@ -46,7 +53,9 @@ func remoteRead(t *testing.T, env *testEnv, typ prompb.ReadRequest_ResponseType,
 	query, err := remote.ToQuery(mint, maxt, ms, nil)
 	require.NoError(t, err)
 	ss, err := c.Read(context.Background(), query, true)
-	require.NoError(t, err)
+	if err != nil {
+		return nil, err
+	}
 
 	out := map[string]readSeries{}
 	var it chunkenc.Iterator
@@ -66,11 +75,12 @@ func remoteRead(t *testing.T, env *testEnv, typ prompb.ReadRequest_ResponseType,
 				rs.histCounts = append(rs.histCounts, h.Count)
 			}
 		}
-		require.NoError(t, it.Err())
+		if err := it.Err(); err != nil {
+			return nil, err
+		}
 		out[s.Labels().String()] = rs
 	}
-	require.NoError(t, ss.Err())
-	return out
+	return out, ss.Err()
 }
 
 func fixtureTimes(from, to int) []int64 {
