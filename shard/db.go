@@ -117,6 +117,9 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 		// Chunks and series stay in the LSM tree; large write-ahead records
 		// go to the value log, whose GC reclaims them once deleted.
 		WithValueThreshold(16 << 10).
+		// Small value-log files let GC hand back the space of deleted
+		// write-ahead values soon: badger never rewrites the active file.
+		WithValueLogFileSize(64 << 20).
 		WithNumVersionsToKeep(1).
 		WithLogger(badgerLogger{logger.With("component", "badger")}).
 		WithMetricsEnabled(false)

@@ -104,7 +104,8 @@ func (db *DB) flush() error {
 	}
 	db.metrics.chunksPersisted.Add(float64(written))
 	db.metrics.flushDuration.Observe(time.Since(start).Seconds())
-	return nil
+	// The write-ahead values just deleted are the bulk of the value log.
+	return db.gcValueLog()
 }
 
 // evict drops persisted, closed chunks that end before t from memory; reads
