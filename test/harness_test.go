@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -48,8 +49,26 @@ type proc struct {
 	args []string
 	addr string
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *syncBuffer
 	done chan struct{}
+}
+
+// syncBuffer is a bytes.Buffer the process writes to while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // freeAddr returns a free loopback TCP address.
@@ -69,7 +88,7 @@ func startKiln(t *testing.T, dataDir, addr string, extra ...string) *proc {
 	// database holds exactly what the test writes.
 	require.NoError(t, os.WriteFile(cfg, []byte("global:\n  scrape_interval: 15s\n"), 0o644))
 	args := append([]string{"--storage.path=" + dataDir, "--web.listen-address=" + addr, "--config.file=" + cfg, "--log.level=info"}, extra...)
-	p := &proc{t: t, args: args, addr: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
+	p := &proc{t: t, args: args, addr: addr, log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(kilnBin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	require.NoError(t, p.cmd.Start())
