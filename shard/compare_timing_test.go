@@ -1,0 +1,166 @@
+package shard_test
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kilnhq/kiln/shard"
+)
+
+// Benchmarks of shard side by side with the Prometheus tsdb used as a
+// library, on the same generated data, so the ratio Kiln / Prometheus is
+// read from one run. Kiln fsyncs every commit; Prometheus's WAL does not.
+
+const (
+	benchSeries = 10000
+	benchBatch  = 2000
+	benchStep   = 15000 // ms
+)
+
+// genSeries makes loadgen-like series: counters, gauges and histogram
+// buckets with job/instance/pod/method/status labels.
+func genSeries(n int) []labels.Labels {
+	out := make([]labels.Labels, 0, n)
+	for i := 0; len(out) < n; i++ {
+		inst := fmt.Sprintf("10.0.%d.%d:9100", i/250, i%250)
+		pod := fmt.Sprintf("api-%d", i%97)
+		out = append(out,
+			labels.FromStrings("__name__", "http_requests_total", "job", "api", "instance", inst, "pod", pod, "method", []string{"GET", "POST"}[i%2], "status", []string{"200", "500"}[i%7/6]),
+			labels.FromStrings("__name__", "process_resident_memory_bytes", "job", "api", "instance", inst, "pod", pod),
+		)
+		for _, le := range []string{"0.1", "0.5", "1", "+Inf"} {
+			out = append(out, labels.FromStrings("__name__", "http_request_duration_seconds_bucket", "job", "api", "instance", inst, "pod", pod, "le", le))
+		}
+	}
+	return out[:n]
+}
+
+// value is a realistic sample: counters grow by small integers, gauges wander.
+func value(i, round int) float64 {
+	if i%6 == 1 {
+		return float64(200e6 + (i*7919+round*31)%1000000)
+	}
+	return float64(round * (1 + i%5))
+}
+
+type appendable interface {
+	Appender(ctx context.Context) storage.Appender
+}
+
+func ingestRound(tb testing.TB, db appendable, ss []labels.Labels, refs []storage.SeriesRef, round int, t0 int64) {
+	ts := t0 + int64(round)*benchStep
+	for start := 0; start < len(ss); start += benchBatch {
+		app := db.Appender(context.Background())
+		for i := start; i < min(start+benchBatch, len(ss)); i++ {
+			ref, err := app.Append(refs[i], ss[i], ts, value(i, round))
+			if err != nil {
+				tb.Fatal(err)
+			}
+			refs[i] = ref
+		}
+		if err := app.Commit(); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+type closer interface {
+	appendable
+	Close() error
+}
+
+func openImpl(tb testing.TB, impl, dir string) closer {
+	switch impl {
+	case "kiln":
+		db, err := shard.Open(shard.Config{Path: dir}, prometheus.NewRegistry(), nil)
+		require.NoError(tb, err)
+		return db
+	default:
+		db, err := tsdb.Open(dir, nil, prometheus.NewRegistry(), tsdb.DefaultOptions(), nil)
+		require.NoError(tb, err)
+		return db
+	}
+}
+
+// BenchmarkIngest appends rounds of one sample per series in 2000-sample
+// commits. ns/sample is the figure to compare.
+func BenchmarkIngest(b *testing.B) {
+	ss := genSeries(benchSeries)
+	for _, impl := range []string{"kiln", "prometheus"} {
+		b.Run(impl, func(b *testing.B) {
+			db := openImpl(b, impl, b.TempDir())
+			defer db.Close()
+			refs := make([]storage.SeriesRef, len(ss))
+			t0 := time.Now().Add(-24 * time.Hour).UnixMilli()
+			ingestRound(b, db, ss, refs, 0, t0) // create series outside the timer
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				ingestRound(b, db, ss, refs, i+1, t0)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ss)), "ns/sample")
+		})
+	}
+}
+
+// BenchmarkBytesPerSample writes 1 h at 15 s (240 samples per series),
+// persists it (Kiln: close, which flushes and GCs; Prometheus: compact the
+// head into a block) and reports bytes on disk per sample.
+func BenchmarkBytesPerSample(b *testing.B) {
+	ss := genSeries(benchSeries)
+	const rounds = 240
+	for _, impl := range []string{"kiln", "prometheus"} {
+		b.Run(impl, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				dir := b.TempDir()
+				db := openImpl(b, impl, dir)
+				refs := make([]storage.SeriesRef, len(ss))
+				t0 := time.Now().Add(-2 * time.Hour).UnixMilli()
+				for r := 0; r < rounds; r++ {
+					ingestRound(b, db, ss, refs, r, t0)
+				}
+				skip := ""
+				if pdb, ok := db.(*tsdb.DB); ok {
+					require.NoError(b, pdb.CompactHead(tsdb.NewRangeHead(pdb.Head(), t0, t0+rounds*benchStep)))
+					skip = "wal" // the block holds the data; the WAL is transient
+				}
+				require.NoError(b, db.Close())
+				b.ReportMetric(float64(dirSize(b, dir, skip))/float64(rounds*len(ss)), "bytes/sample")
+			}
+		})
+	}
+}
+
+func dirSize(tb testing.TB, dir, skip string) int64 {
+	var n int64
+	require.NoError(tb, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if skip != "" && (rel == skip || strings.HasPrefix(rel, skip+"/") || strings.HasPrefix(rel, "chunks_head")) {
+			return nil
+		}
+		if !d.IsDir() {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += info.Size()
+		}
+		return nil
+	}))
+	return n
+}
+
