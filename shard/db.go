@@ -119,7 +119,7 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 		WithValueThreshold(16 << 10).
 		// Small value-log files let GC hand back the space of deleted
 		// write-ahead values soon: badger never rewrites the active file.
-		WithValueLogFileSize(64 << 20).
+		WithValueLogFileSize(16 << 20).
 		WithNumVersionsToKeep(1).
 		WithLogger(badgerLogger{logger.With("component", "badger")}).
 		WithMetricsEnabled(false)
