@@ -287,15 +287,18 @@ func (c Config) Flags() map[string]string {
 func Usage(w io.Writer) {
 	c := defaultFlags()
 	fs := c.flagSet()
-	fmt.Fprintf(w, "Usage: kiln [flags]\n\nFlags:\n")
+	var b strings.Builder
+	b.WriteString("Usage: kiln [flags]\n\nFlags:\n")
 	fs.VisitAll(func(f *flag.Flag) {
 		if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
-			fmt.Fprintf(w, "  --%s\n", f.Name)
+			fmt.Fprintf(&b, "  --%s\n", f.Name)
 		} else {
-			fmt.Fprintf(w, "  --%s=%s\n", f.Name, f.DefValue)
+			fmt.Fprintf(&b, "  --%s=%s\n", f.Name, f.DefValue)
 		}
-		fmt.Fprintf(w, "      %s\n", f.Usage)
+		fmt.Fprintf(&b, "      %s\n", f.Usage)
 	})
+	// Nothing useful can be done if printing the help text fails.
+	_, _ = io.WriteString(w, b.String())
 }
 
 // Logger returns the logger that --log.level and --log.format ask for,

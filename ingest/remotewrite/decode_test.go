@@ -164,7 +164,7 @@ func TestDecodeV1Details(t *testing.T) {
 	require.Len(t, r.Timeseries, 1)
 	ts := r.Timeseries[0]
 	require.NoError(t, ts.Err)
-	require.Equal(t, []Label{{"__name__", "m"}, {"a", "b"}, {"job", "j"}}, ts.Labels)
+	require.Equal(t, []Label{{Name: "__name__", Value: "m"}, {Name: "a", Value: "b"}, {Name: "job", Value: "j"}}, ts.Labels)
 	require.Equal(t, "m", ts.MetricName())
 
 	require.NoError(t, DecodeV1(marshalV1(t, v1Requests()["invalid labels"]), &r))

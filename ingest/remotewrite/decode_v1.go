@@ -59,7 +59,10 @@ func DecodeV1(buf []byte, into *Request) error {
 func (r *Request) decodeV1Series(b []byte) error {
 	const msg = "TimeSeries"
 	l0, s0, e0, h0 := len(r.labels), len(r.samples), len(r.exemplars), len(r.histograms)
+	// Byte range of the label fields, for the ASCII fast path below.
+	lStart, lEnd, contiguous := -1, -1, true
 	for i := 0; i < len(b); {
+		t0 := i
 		f, wt, j := tag(b, i)
 		if j < 0 || wt == wtEnd || f <= 0 {
 			return checkTag(msg, f, wt, j)
@@ -86,6 +89,12 @@ func (r *Request) decodeV1Series(b []byte) error {
 			if l, err = decodeV1Label(b[s:e]); err == nil && l.Value != "" {
 				r.labels = append(r.labels, l)
 			}
+			if lStart < 0 {
+				lStart = t0
+			} else if t0 != lEnd {
+				contiguous = false
+			}
+			lEnd = e
 		case 2:
 			var smp Sample
 			if smp, err = decodeSample(b[s:e], false); err == nil {
@@ -107,8 +116,15 @@ func (r *Request) decodeV1Series(b []byte) error {
 		Exemplars:  sub(r.exemplars, e0),
 		Histograms: sub(r.histograms, h0),
 	}
-	if err := validUTF8Labels(ts.Labels); err != nil {
-		ts.Err = fmt.Errorf("%w: %w in %s", ErrInvalidLabels, err, formatLabels(ts.Labels))
+	// Labels are valid UTF-8 if their whole encoding is ASCII, the common
+	// case: one word-at-a-time scan per series instead of two
+	// utf8.ValidString calls per label (which was 15% of the handler's time).
+	var utf8Err error
+	if lStart >= 0 && !(contiguous && isASCII(b[lStart:lEnd])) {
+		utf8Err = validUTF8Labels(ts.Labels)
+	}
+	if utf8Err != nil {
+		ts.Err = fmt.Errorf("%w: %w in %s", ErrInvalidLabels, utf8Err, formatLabels(ts.Labels))
 	} else if name, err := checkLabels(ts.Labels); err != nil {
 		ts.Err = seriesLabelsError(ts.Labels, err)
 	} else if name == "" {

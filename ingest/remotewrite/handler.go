@@ -49,7 +49,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/promslog"
 	"github.com/prometheus/prometheus/model/exemplar"
-	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/valyala/fasthttp"
 )
@@ -290,7 +289,6 @@ func checkContentEncoding(v []byte) error {
 type state struct {
 	buf []byte
 	req Request
-	sb  labels.ScratchBuilder
 	md  metadataResolver
 
 	// Exemplars of the series being written, sorted by (target, timestamp).

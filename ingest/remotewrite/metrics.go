@@ -70,9 +70,14 @@ func (r reason) String() string {
 	}[r]
 }
 
-// statuses the handler answers with, pre-resolved per protocol so a request
-// costs no label lookups.
-var statusCodes = [...]int{204, 400, 405, 413, 415, 500, 503}
+// statusCodes are the codes each protocol can be answered with, pre-resolved
+// so that a request costs no label lookup. Negotiation failures are the only
+// answers without a protocol.
+var statusCodes = [numProtocols][]int{
+	protoUnknown: {405, 415},
+	protoV1:      {204, 400, 500, 503},
+	protoV2:      {204, 400, 500, 503},
+}
 
 type metrics struct {
 	requests [numProtocols]map[int]prometheus.Counter
@@ -134,8 +139,8 @@ func newMetrics(reg prometheus.Registerer, h *Handler) *metrics {
 
 	m := &metrics{rejected: rejected}
 	for p := range numProtocols {
-		m.requests[p] = make(map[int]prometheus.Counter, len(statusCodes))
-		for _, code := range statusCodes {
+		m.requests[p] = make(map[int]prometheus.Counter, len(statusCodes[p]))
+		for _, code := range statusCodes[p] {
 			m.requests[p][code] = requests.WithLabelValues(p.String(), strconv.Itoa(code))
 		}
 		m.decodeDuration[p] = decode.WithLabelValues(p.String())

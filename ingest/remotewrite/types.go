@@ -3,6 +3,7 @@ package remotewrite
 import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
 )
 
 // Request is a decoded remote-write message: either a prometheus.WriteRequest
@@ -68,10 +69,9 @@ type TimeSeries struct {
 // MetricName returns the value of the __name__ label ("" if absent).
 func (ts *TimeSeries) MetricName() string { return ts.name }
 
-// Label is a name/value pair.
-type Label struct {
-	Name, Value string
-}
+// Label is a name/value pair. It is Prometheus' own type so that a decoded
+// label set converts to labels.Labels (labels.New) without copying it first.
+type Label = labels.Label
 
 // Sample is a float sample. StartTimestamp is RW 2.0's start (created)
 // timestamp; 0 means unset.

@@ -117,12 +117,9 @@ func (w *batchWriter) series(i int) error {
 	}
 
 	st := w.st
-	st.sb.Reset()
-	for _, l := range ts.Labels {
-		st.sb.Add(l.Name, l.Value)
-	}
 	// One owned string per series: the storage keeps it for new series.
-	ls := st.sb.Labels()
+	// labels.New only reads the (already sorted) slice.
+	ls := labels.New(ts.Labels...)
 
 	var opts storage.AppendV2Options
 	if w.p == protoV1 {
@@ -201,13 +198,19 @@ func convertHistogram(hp *Histogram) (*histogram.Histogram, *histogram.FloatHist
 // outcome classifies the result of an Append. It returns an error only for
 // failures that must abort the request (500); the rest are counted.
 func (w *batchWriter) outcome(k kind, r storage.SeriesRef, err error, ref *storage.SeriesRef, ls labels.Labels, t int64, nEx int) error {
-	var partial *storage.AppendPartialError
-	switch {
-	case err == nil:
+	if err == nil {
 		*ref = r
 		w.count(k, nEx)
 		return nil
-	case errors.As(err, &partial):
+	}
+	return w.failed(k, r, err, ref, ls, t, nEx)
+}
+
+// failed is outcome's error path, split out because errors.As makes its
+// target escape: in outcome that would cost an allocation per sample.
+func (w *batchWriter) failed(k kind, r storage.SeriesRef, err error, ref *storage.SeriesRef, ls labels.Labels, t int64, nEx int) error {
+	var partial *storage.AppendPartialError
+	if errors.As(err, &partial) {
 		// The sample is in; some exemplars are not.
 		*ref = r
 		failed := min(len(partial.ExemplarErrors), nEx)
@@ -384,14 +387,10 @@ func (w *batchWriter) addExemplars(ts *TimeSeries, exs []Exemplar) {
 		// Samples are sorted by time (the spec requires it); if a sender
 		// breaks that, the search still lands on some sample of the series.
 		target := sort.Search(n, func(k int) bool { return at(k) > e.Timestamp }) - 1
-		st.sb.Reset()
-		for _, l := range e.Labels {
-			st.sb.Add(l.Name, l.Value)
-		}
 		st.pending = append(st.pending, pendingExemplar{
 			target: int32(max(target, 0)),
 			ex: exemplar.Exemplar{
-				Labels: st.sb.Labels(),
+				Labels: labels.New(e.Labels...),
 				Value:  e.Value,
 				Ts:     e.Timestamp,
 				HasTs:  e.Timestamp != 0,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/common/promslog"
 	promconfig "github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/discovery"
@@ -60,7 +61,7 @@ func promConfig(t *testing.T, jobs map[string]string) *promconfig.Config {
 func latest(t *testing.T, q storage.Queryable, ms ...*labels.Matcher) (float64, bool) {
 	querier, err := q.Querier(math.MinInt64, math.MaxInt64)
 	require.NoError(t, err)
-	defer querier.Close()
+	defer func() { require.NoError(t, querier.Close()) }()
 	ss := querier.Select(context.Background(), false, nil, ms...)
 	var (
 		v     float64
@@ -101,7 +102,7 @@ func TestScrapeIntoStorage(t *testing.T) {
 	up := func(job string) func() bool {
 		return func() bool {
 			v, ok := latest(t, db,
-				labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, "up"),
+				labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, "up"),
 				labels.MustNewMatcher(labels.MatchEqual, "job", job))
 			return ok && v == 1
 		}
@@ -109,7 +110,7 @@ func TestScrapeIntoStorage(t *testing.T) {
 	require.Eventually(t, up("widgets"), 10*time.Second, 20*time.Millisecond)
 
 	v, ok := latest(t, db,
-		labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, "kiln_test_widgets_total"),
+		labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, "kiln_test_widgets_total"),
 		labels.MustNewMatcher(labels.MatchEqual, "colour", "blue"),
 		labels.MustNewMatcher(labels.MatchEqual, "job", "widgets"),
 		labels.MustNewMatcher(labels.MatchEqual, "instance", addr))
