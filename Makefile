@@ -5,12 +5,35 @@ PKG       := github.com/kilnhq/kiln/node
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BRANCH    ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
-LDFLAGS   := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).Revision=$(REVISION) -X $(PKG).Branch=$(BRANCH) \
-             -X $(PKG).BuildUser=$(shell whoami 2>/dev/null || echo unknown) -X $(PKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
+BUILDUSER ?= $(shell whoami 2>/dev/null || echo unknown)
+BUILDDATE ?= $(shell date -u +%Y%m%d-%H:%M:%S)
+# Expand once: a commit or a clock tick during a long build must not give the
+# binary and the image tag different versions.
+VERSION   := $(VERSION)
+REVISION  := $(REVISION)
+BRANCH    := $(BRANCH)
+BUILDUSER := $(BUILDUSER)
+BUILDDATE := $(BUILDDATE)
+# The same values also go to prometheus/common/version, which the Prometheus
+# libraries read, e.g. for the scraper's User-Agent (Kiln/<version>).
+PROMVER   := github.com/prometheus/common/version
+LDFLAGS   := -s -w \
+             -X $(PKG).Version=$(VERSION) -X $(PKG).Revision=$(REVISION) -X $(PKG).Branch=$(BRANCH) \
+             -X $(PKG).BuildUser=$(BUILDUSER) -X $(PKG).BuildDate=$(BUILDDATE) \
+             -X $(PROMVER).Version=$(VERSION) -X $(PROMVER).Revision=$(REVISION) -X $(PROMVER).Branch=$(BRANCH) \
+             -X $(PROMVER).BuildUser=$(BUILDUSER) -X $(PROMVER).BuildDate=$(BUILDDATE)
 FUZZTIME  ?= 10s
 # go vet's stdmethods check wants io.Seeker's signature on every Seek; the
 # chunkenc.Iterator contract Kiln implements has a different one.
 VETFLAGS  := -stdmethods=false
+# -race needs cgo, hence a C compiler; `go env` reports CGO_ENABLED=0 when
+# there is none, and then the tests run without the race detector.
+RACE      := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race,)
+# Built from the module proxy by `go run`, so nothing needs installing.
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT         := $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+IMAGE     ?= kiln
+DOCKER_CONTEXT := bin/docker-context
 
 .PHONY: all build run test test-short bench fuzz lint docker clean
 
@@ -22,9 +45,11 @@ build:
 run: build
 	./$(BIN) --storage.path=./data
 
+# vet first, so that the output ends with go test's summary.
 test:
 	$(GO) vet $(VETFLAGS) ./...
-	$(GO) test -race -count=1 -timeout 30m ./...
+	@if [ -z "$(RACE)" ]; then echo "warning: no C compiler (CGO_ENABLED=0): testing without -race"; fi
+	$(GO) test $(RACE) -count=1 -timeout 30m ./...
 
 test-short:
 	$(GO) test -short -count=1 ./...
@@ -32,21 +57,36 @@ test-short:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
-# Runs every Fuzz target of every package for $(FUZZTIME).
+# Runs every Fuzz target for $(FUZZTIME). Only directories whose tests
+# declare a Fuzz function are compiled for -list; -fuzz takes one package
+# and one target at a time.
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-			echo "== $$pkg $$f"; \
-			$(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	@set -e; for dir in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r -n1 dirname | sort -u); do \
+		for f in $$($(GO) test -list '^Fuzz' $$dir | grep '^Fuzz' || true); do \
+			echo "== $$dir $$f"; \
+			$(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) $$dir; \
 		done; \
 	done
 
+# gofmt, go vet, then golangci-lint with .golangci.yml.
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(VETFLAGS) ./...
+	$(GOLANGCI_LINT) run ./...
 
+# No base image can be pulled, and a static binary needs none: the image is
+# FROM scratch, and its build context is staged here with only what it holds.
 docker: build
-	docker build -f docker/Dockerfile -t kiln:$(VERSION) -t kiln:latest bin
+	rm -rf $(DOCKER_CONTEXT)
+	mkdir -p $(DOCKER_CONTEXT)/data
+	cp $(BIN) $(DOCKER_CONTEXT)/kiln
+	@if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
+		cp /etc/ssl/certs/ca-certificates.crt $(DOCKER_CONTEXT)/; \
+	else \
+		echo "warning: no /etc/ssl/certs/ca-certificates.crt on this host: the image cannot verify https targets"; \
+		: > $(DOCKER_CONTEXT)/ca-certificates.crt; \
+	fi
+	docker build -f docker/Dockerfile -t $(IMAGE):$(VERSION) -t $(IMAGE):latest $(DOCKER_CONTEXT)
 
 clean:
 	rm -rf bin

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/histogram"
@@ -310,7 +311,7 @@ func decodeWAL(val []byte, fn func(ref uint64, sm sample)) error {
 		return fmt.Errorf("version: %w", errWALRecord)
 	}
 	val = val[1:]
-	dec := record.NewDecoder(nil, nil)
+	dec := record.NewDecoder(nil, slog.New(slog.DiscardHandler))
 	var (
 		samples []record.RefSample
 		hists   []record.RefHistogramSample

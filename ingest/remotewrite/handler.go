@@ -29,9 +29,15 @@
 //
 // The decoders (DecodeV1, DecodeV2) are hand-written and zero-copy: strings
 // point into the pooled decompression buffer and all per-sample structures
-// live in pooled arenas, so in the steady state a request allocates only the
-// label set of each series (which the storage keeps) and owned copies of
+// live in pooled arenas, so in the steady state a request allocates only what
+// the storage may keep: one label set per series, exemplar label sets, and
 // native histograms.
+//
+// Metadata (1.0 metadata entries, 2.0 per-series type/help/unit) reaches the
+// storage through AppendV2Options with each sample; see metadata.go for how
+// 1.0's separately sent metadata is carried over to later samples. Exemplars
+// ride on the sample they belong to (AppendV2Options.Exemplars), including
+// those Prometheus sends in exemplar-only series; see pairExemplarOnly.
 package remotewrite
 
 import (

@@ -118,7 +118,7 @@ func (w *batchWriter) series(i int) error {
 
 	st := w.st
 	// One owned string per series: the storage keeps it for new series.
-	// labels.New only reads the (already sorted) slice.
+	// (labels.New sorts in place, a no-op on the decoder's sorted labels.)
 	ls := labels.New(ts.Labels...)
 
 	var opts storage.AppendV2Options
