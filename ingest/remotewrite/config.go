@@ -17,9 +17,12 @@ type Config struct {
 	// can wait on disk, so a few requests per core keep the CPUs busy; more
 	// would only add memory and latency. Excess requests get 503.
 	MaxInflightRequests int
-	// MaxInflightBytes bounds the decompressed bytes held by in-flight
-	// requests (default 256 MiB). It must be at least MaxDecodedBytes, or a
-	// maximal request could never be admitted. Excess requests get 503.
+	// MaxInflightBytes bounds the memory held by in-flight requests
+	// (default 256 MiB): decompressed bodies, reserved on admission, plus
+	// their decoded form, charged as decoding proceeds (typically 2–10× the
+	// body; capped at 32×). It must be at least MaxDecodedBytes, or a maximal
+	// request could never be admitted. Requests that do not fit get 503; a
+	// request alone in flight is never refused for its own size.
 	MaxInflightBytes int64
 }
 

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/prometheus/common/model"
 )
@@ -28,8 +29,66 @@ var (
 	ErrInvalidExemplar = errors.New("invalid exemplar")
 )
 
-// reset empties r for reuse, keeping every arena's capacity.
-func (r *Request) reset() {
+// ErrTooLarge reports a body whose decoded form would need more memory than
+// it is allowed (see maxAmplification), or more than the handler's in-flight
+// budget on its own.
+var ErrTooLarge = errors.New("request too large once decoded")
+
+// Memory accounting. The decoded form of a body can be much larger than the
+// body: a 2-byte empty TimeSeries message becomes a 192-byte struct. Every
+// decoded element is charged before it is allocated, which bounds a request
+// at maxAmplification× its decompressed size and lets the handler count the
+// decoded form against its in-flight budget as it grows.
+const (
+	// maxAmplification is decoded bytes allowed per body byte. Realistic
+	// requests stay below 16: the smallest useful series, a 2.0 series with
+	// two labels and one sample, is 18 bytes on the wire and ~290 decoded.
+	// Streams of empty messages reach ~130.
+	maxAmplification = 32
+	// amplificationSlack admits tiny bodies whatever their ratio.
+	amplificationSlack = 64 << 10
+	// growStep is how often (in charged bytes) Request.grow is consulted.
+	growStep = 1 << 20
+
+	sizeLabel      = int(unsafe.Sizeof(Label{}))
+	sizeSample     = int(unsafe.Sizeof(Sample{}))
+	sizeExemplar   = int(unsafe.Sizeof(Exemplar{}))
+	sizeHistogram  = int(unsafe.Sizeof(Histogram{}))
+	sizeSpan       = int(unsafe.Sizeof(BucketSpan{}))
+	sizeTimeSeries = int(unsafe.Sizeof(TimeSeries{}))
+	sizeMetadata   = int(unsafe.Sizeof(Metadata{}))
+	sizeSymbol     = int(unsafe.Sizeof("")) + 1 // string header and its validity flag
+)
+
+// charge accounts n bytes of decoded structures. Inlined on the hot path;
+// only every growStep bytes does it do more than add and compare.
+func (r *Request) charge(n int) error {
+	r.mem += int64(n)
+	if r.mem <= r.memCheck {
+		return nil
+	}
+	return r.chargeSlow()
+}
+
+func (r *Request) chargeSlow() error {
+	if r.mem > r.memLimit {
+		return fmt.Errorf("%w: decoded structures exceed %d bytes (%d× the body)", ErrTooLarge, r.memLimit, maxAmplification)
+	}
+	if r.grow != nil {
+		if err := r.grow(r.mem); err != nil {
+			return err
+		}
+	}
+	r.memCheck = min(r.memLimit, r.mem+growStep)
+	return nil
+}
+
+// reset empties r for decoding a body of bodyLen bytes, keeping every
+// arena's capacity.
+func (r *Request) reset(bodyLen int) {
+	r.mem = 0
+	r.memLimit = int64(bodyLen)*maxAmplification + amplificationSlack
+	r.memCheck = min(r.memLimit, growStep)
 	r.Timeseries = r.Timeseries[:0]
 	r.Metadata = r.Metadata[:0]
 	r.Symbols = r.Symbols[:0]
@@ -202,6 +261,9 @@ func (r *Request) decodeHistogram(b []byte, v2 bool) error {
 			if err != nil {
 				return err
 			}
+			if err := r.charge(sizeSpan); err != nil {
+				return err
+			}
 			if f == 8 {
 				hs.negSpans = append(hs.negSpans, span)
 			} else {
@@ -209,15 +271,15 @@ func (r *Request) decodeHistogram(b []byte, v2 bool) error {
 			}
 			i = e
 		case 9:
-			hs.negDeltas, i, err = appendSint64s(hs.negDeltas, b, i, wt, msg, f)
+			hs.negDeltas, i, err = appendSint64s(r, hs.negDeltas, b, i, wt, msg, f)
 		case 12:
-			hs.posDeltas, i, err = appendSint64s(hs.posDeltas, b, i, wt, msg, f)
+			hs.posDeltas, i, err = appendSint64s(r, hs.posDeltas, b, i, wt, msg, f)
 		case 10:
-			hs.negCounts, i, err = appendDoubles(hs.negCounts, b, i, wt, msg, f)
+			hs.negCounts, i, err = appendDoubles(r, hs.negCounts, b, i, wt, msg, f)
 		case 13:
-			hs.posCounts, i, err = appendDoubles(hs.posCounts, b, i, wt, msg, f)
+			hs.posCounts, i, err = appendDoubles(r, hs.posCounts, b, i, wt, msg, f)
 		case 16:
-			hs.custom, i, err = appendDoubles(hs.custom, b, i, wt, msg, f)
+			hs.custom, i, err = appendDoubles(r, hs.custom, b, i, wt, msg, f)
 		default:
 			if i = skip(b, i, wt); i < 0 {
 				return truncated(msg, f)
@@ -226,6 +288,11 @@ func (r *Request) decodeHistogram(b []byte, v2 bool) error {
 		if err != nil {
 			return err
 		}
+	}
+	// The arena copies double what the scratch holds.
+	if err := r.charge(sizeHistogram + sizeSpan*(len(hs.negSpans)+len(hs.posSpans)) +
+		8*(len(hs.negDeltas)+len(hs.posDeltas)+len(hs.negCounts)+len(hs.posCounts)+len(hs.custom))); err != nil {
+		return err
 	}
 	h.NegativeSpans = appendArena(&r.spans, hs.negSpans)
 	h.PositiveSpans = appendArena(&r.spans, hs.posSpans)

@@ -2,6 +2,8 @@ package remotewrite
 
 import (
 	"math"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/prometheus/model/histogram"
@@ -356,4 +358,34 @@ func TestDecodeNonCanonical(t *testing.T) {
 		require.NoError(t, DecodeV1(req, &r))
 		require.ErrorIs(t, r.Timeseries[0].Histograms[0].Err, ErrInvalidHistogram)
 	})
+}
+
+// TestAmplificationRealistic pins down the claim behind maxAmplification:
+// realistic requests decode to well under its limit.
+func TestAmplificationRealistic(t *testing.T) {
+	small := newV2Builder() // the smallest useful series: two labels, one sample
+	for i := range 1000 {
+		small.add(writev2.TimeSeries{
+			LabelsRefs: small.refs("__name__", "m"+strconv.Itoa(i%100), "i", strconv.Itoa(i%50)),
+			Samples:    []writev2.Sample{{Value: 1, Timestamp: 1700000000000}},
+		})
+	}
+	var r Request
+	for name, body := range map[string][]byte{
+		"v1 kubernetes":    marshalV1(t, benchV1(2000, 1)),
+		"v1 10 per series": marshalV1(t, benchV1(200, 10)),
+		"v2 kubernetes":    marshalV2(t, benchV2(2000, 1)),
+		"v2 minimal":       marshalV2(t, small.build()),
+	} {
+		var err error
+		if strings.HasPrefix(name, "v1") {
+			err = DecodeV1(body, &r)
+		} else {
+			err = DecodeV2(body, &r)
+		}
+		require.NoError(t, err)
+		ratio := float64(r.mem) / float64(len(body))
+		t.Logf("%s: %d bytes decode to %d (%.1f×)", name, len(body), r.mem, ratio)
+		require.Less(t, ratio, maxAmplification/2.0, name)
+	}
 }

@@ -8,12 +8,13 @@ import (
 // uncompressed protobuf in buf into into, replacing its previous content.
 //
 // The result aliases buf: buf must stay unmodified while into is in use.
-// A non-nil error (ErrMalformed, ErrWrongMessage) means the whole body is
-// unusable; per-series problems are reported in TimeSeries.Err instead.
+// A non-nil error (ErrMalformed, ErrWrongMessage, ErrTooLarge) means the
+// whole body is unusable; per-series problems are reported in
+// TimeSeries.Err instead.
 func DecodeV1(buf []byte, into *Request) error {
 	const msg = "WriteRequest"
 	r := into
-	r.reset()
+	r.reset(len(buf))
 	for i := 0; i < len(buf); {
 		f, wt, j := tag(buf, i)
 		if j < 0 || wt == wtEnd || f <= 0 {
@@ -56,6 +57,9 @@ func DecodeV1(buf []byte, into *Request) error {
 	return nil
 }
 
+// v1FieldSize is what each TimeSeries field (by number) decodes into.
+var v1FieldSize = [...]int{1: sizeLabel, 2: sizeSample, 3: sizeExemplar, 4: 0}
+
 func (r *Request) decodeV1Series(b []byte) error {
 	const msg = "TimeSeries"
 	l0, s0, e0, h0 := len(r.labels), len(r.samples), len(r.exemplars), len(r.histograms)
@@ -82,7 +86,12 @@ func (r *Request) decodeV1Series(b []byte) error {
 			return truncated(msg, f)
 		}
 		i = e
-		var err error
+		// Charge the struct each field becomes before decoding it (an
+		// exemplar's labels and a histogram's buckets charge themselves).
+		err := r.charge(v1FieldSize[f])
+		if err != nil {
+			return err
+		}
 		switch f {
 		case 1:
 			var l Label
@@ -110,6 +119,9 @@ func (r *Request) decodeV1Series(b []byte) error {
 		}
 	}
 
+	if err := r.charge(sizeTimeSeries); err != nil {
+		return err
+	}
 	ts := TimeSeries{
 		Labels:     sub(r.labels, l0),
 		Samples:    sub(r.samples, s0),
@@ -120,7 +132,7 @@ func (r *Request) decodeV1Series(b []byte) error {
 	// case: one word-at-a-time scan per series instead of two
 	// utf8.ValidString calls per label (which was 15% of the handler's time).
 	var utf8Err error
-	if lStart >= 0 && !(contiguous && isASCII(b[lStart:lEnd])) {
+	if lStart >= 0 && (!contiguous || !isASCII(b[lStart:lEnd])) {
 		utf8Err = validUTF8Labels(ts.Labels)
 	}
 	if utf8Err != nil {
@@ -203,6 +215,9 @@ func (r *Request) decodeV1Exemplar(b []byte) error {
 			if err != nil {
 				return err
 			}
+			if err := r.charge(sizeLabel); err != nil {
+				return err
+			}
 			if l.Value != "" {
 				r.exLabels = append(r.exLabels, l)
 			}
@@ -249,6 +264,9 @@ func exemplarLabelsError(ls []Label, utf8Err error) error {
 
 func (r *Request) decodeV1Metadata(b []byte) error {
 	const msg = "MetricMetadata"
+	if err := r.charge(sizeMetadata); err != nil {
+		return err
+	}
 	md := Metadata{Type: metricTypeFromWire(0)}
 	for i := 0; i < len(b); {
 		f, wt, j := tag(b, i)

@@ -11,13 +11,14 @@ import (
 // table, so the result has the same shape as DecodeV1's.
 //
 // The result aliases buf: buf must stay unmodified while into is in use.
-// A non-nil error (ErrMalformed, ErrWrongMessage, ErrInvalidSymbols) means
-// the whole body is unusable; per-series problems, including references
-// outside the symbol table, are reported in TimeSeries.Err instead.
+// A non-nil error (ErrMalformed, ErrWrongMessage, ErrInvalidSymbols,
+// ErrTooLarge) means the whole body is unusable; per-series problems,
+// including references outside the symbol table, are reported in
+// TimeSeries.Err instead.
 func DecodeV2(buf []byte, into *Request) error {
 	const msg = "Request"
 	r := into
-	r.reset()
+	r.reset(len(buf))
 
 	// Pass 1: the symbol table. Protobuf allows it anywhere, even after or
 	// between the series that reference it, so series are decoded in a
@@ -41,6 +42,9 @@ func DecodeV2(buf []byte, into *Request) error {
 				return truncated(msg, f)
 			}
 			if f == 4 {
+				if err := r.charge(sizeSymbol); err != nil {
+					return err
+				}
 				sym := unsafeString(buf[s:e])
 				r.Symbols = append(r.Symbols, sym)
 				// Symbols are deduplicated, so checking each once here is
@@ -96,7 +100,7 @@ func (r *Request) decodeV2Series(b []byte) error {
 		}
 		i = j
 		if f == 1 {
-			if r.refs, i, err = appendUint32s(r.refs, b, i, wt, msg, f); err != nil {
+			if r.refs, i, err = appendUint32s(r, r.refs, b, i, wt, msg, f); err != nil {
 				return err
 			}
 			continue
@@ -118,12 +122,18 @@ func (r *Request) decodeV2Series(b []byte) error {
 		switch f {
 		case 2:
 			var smp Sample
+			if err = r.charge(sizeSample); err != nil {
+				return err
+			}
 			if smp, err = decodeSample(b[s:e], true); err == nil {
 				r.samples = append(r.samples, smp)
 			}
 		case 3:
 			err = r.decodeHistogram(b[s:e], true)
 		case 4:
+			if err = r.charge(sizeExemplar); err != nil {
+				return err
+			}
 			err = r.decodeV2Exemplar(b[s:e])
 		case 5:
 			// A repeated embedded message merges, so decode into the
@@ -135,6 +145,10 @@ func (r *Request) decodeV2Series(b []byte) error {
 		}
 	}
 
+	// One label per two refs, charged when the refs were.
+	if err := r.charge(sizeTimeSeries + sizeLabel*(len(r.refs)/2)); err != nil {
+		return err
+	}
 	ts := TimeSeries{
 		Samples:    sub(r.samples, s0),
 		Exemplars:  sub(r.exemplars, e0),
@@ -253,7 +267,7 @@ func (r *Request) decodeV2Exemplar(b []byte) error {
 		i = j
 		switch f {
 		case 1:
-			if r.exRefs, i, err = appendUint32s(r.exRefs, b, i, wt, msg, f); err != nil {
+			if r.exRefs, i, err = appendUint32s(r, r.exRefs, b, i, wt, msg, f); err != nil {
 				return err
 			}
 		case 2:
@@ -277,6 +291,9 @@ func (r *Request) decodeV2Exemplar(b []byte) error {
 				return truncated(msg, f)
 			}
 		}
+	}
+	if err := r.charge(sizeLabel * (len(r.exRefs) / 2)); err != nil {
+		return err
 	}
 	l0 := len(r.exLabels)
 	r.exLabels, err = r.resolveLabels(r.exLabels, r.exRefs)

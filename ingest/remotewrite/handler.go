@@ -172,13 +172,15 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, p protocol) result {
 	}
 	if b := h.inflightBytes.Add(int64(n)); b > h.cfg.MaxInflightBytes {
 		h.inflightBytes.Add(-int64(n))
-		return result{code: fasthttp.StatusServiceUnavailable,
-			msg: fmt.Sprintf("overloaded: more than %d decompressed bytes in flight", h.cfg.MaxInflightBytes)}
+		return overloaded(h.cfg.MaxInflightBytes)
 	}
-	defer h.inflightBytes.Add(-int64(n))
-
 	st := h.getState()
-	defer h.putState(st, n)
+	st.body, st.charged = int64(n), 0
+	defer func() {
+		// The body and its decoded form are released together.
+		h.inflightBytes.Add(-st.body - st.charged)
+		h.putState(st, n)
+	}()
 
 	start := time.Now()
 	buf, err := snappy.Decode(st.buf[:cap(st.buf)], body)
@@ -194,6 +196,13 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, p protocol) result {
 		err = DecodeV1(buf, &st.req)
 	}
 	h.metrics.decodeDuration[p].Observe(time.Since(start).Seconds())
+	if err == nil {
+		// Charge the exact decoded size; decoding charged it only in steps.
+		err = st.grow(st.req.mem)
+	}
+	if errors.Is(err, errOverloaded) {
+		return overloaded(h.cfg.MaxInflightBytes)
+	}
 	if err != nil {
 		return badRequest("decode %s: %v", protoName(p), err)
 	}
@@ -202,6 +211,11 @@ func (h *Handler) serve(ctx *fasthttp.RequestCtx, p protocol) result {
 	res := h.write(ctx, p, st)
 	h.metrics.appendDuration[p].Observe(time.Since(start).Seconds())
 	return res
+}
+
+func overloaded(maxBytes int64) result {
+	return result{code: fasthttp.StatusServiceUnavailable,
+		msg: fmt.Sprintf("overloaded: in-flight requests hold more than %d bytes", maxBytes)}
 }
 
 func badRequest(format string, args ...any) result {
@@ -291,11 +305,19 @@ func checkContentEncoding(v []byte) error {
 	return fmt.Errorf("unsupported Content-Encoding %q: only snappy is accepted", s)
 }
 
+// errOverloaded aborts decoding when the in-flight budget runs out.
+var errOverloaded = errors.New("in-flight memory budget exhausted")
+
 // state is the per-request working set, pooled.
 type state struct {
+	h   *Handler
 	buf []byte
 	req Request
 	md  metadataResolver
+
+	// In-flight budget held by this request: the decompressed body, and
+	// its decoded form as charged so far (see grow).
+	body, charged int64
 
 	// Exemplars of the series being written, sorted by (target, timestamp).
 	pending   []pendingExemplar
@@ -313,7 +335,24 @@ func (h *Handler) getState() *state {
 	if st, ok := h.states.Get().(*state); ok {
 		return st
 	}
-	return &state{}
+	st := &state{h: h}
+	st.req.grow = st.grow // one method value per state, not per request
+	return st
+}
+
+// grow charges the growing decoded form of the request to the in-flight
+// budget, which therefore bounds memory, not just body bytes. A request
+// holding the whole budget alone may exceed it: its size is already bounded
+// by MaxDecodedBytes and maxAmplification, and refusing it would make
+// MaxDecodedBytes a lie. Otherwise running out is overload (503).
+func (st *state) grow(total int64) error {
+	delta := total - st.charged
+	st.charged = total
+	all := st.h.inflightBytes.Add(delta)
+	if all > st.h.cfg.MaxInflightBytes && all > st.body+total {
+		return errOverloaded
+	}
+	return nil
 }
 
 func (h *Handler) putState(st *state, decodedLen int) {

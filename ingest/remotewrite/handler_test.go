@@ -42,13 +42,6 @@ type response struct {
 	retryAfter                     string
 }
 
-func (r response) written() (int, int, int) {
-	a, _ := strconv.Atoi(r.samples)
-	b, _ := strconv.Atoi(r.histograms)
-	c, _ := strconv.Atoi(r.exemplars)
-	return a, b, c
-}
-
 func do(h *Handler, method, contentType, encoding string, body []byte) response {
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
@@ -234,6 +227,52 @@ kiln_remote_write_inflight_requests 0
 	}
 }
 
+// TestInflightCountsDecodedForm checks that the in-flight budget covers the
+// decoded structures, not just bodies: two bodies fit, but not two bodies
+// plus the first one's decoded form.
+func TestInflightCountsDecodedForm(t *testing.T) {
+	b := newV2Builder()
+	for i := range 50 {
+		b.add(writev2.TimeSeries{
+			LabelsRefs: b.refs("__name__", "m", "i", strconv.Itoa(i)),
+			Samples:    []writev2.Sample{{Value: 1, Timestamp: 1}},
+		})
+	}
+	req := b.build()
+	n := int64(len(marshalV2(t, req)))
+	st := &blockingStorage{entered: make(chan struct{}), release: make(chan struct{})}
+	h, _ := newTestHandler(t, Config{MaxDecodedBytes: n, MaxInflightBytes: 2*n + 16}, st)
+
+	var wg sync.WaitGroup
+	var first response
+	wg.Go(func() { first = postV2(h, req) })
+	<-st.entered
+	require.Greater(t, h.inflightBytes.Load(), 2*n, "body plus decoded form")
+	res := postV2(h, req)
+	require.Equal(t, 503, res.code, res.body)
+	close(st.release)
+	wg.Wait()
+	require.Equal(t, 204, first.code, first.body)
+	require.Zero(t, h.inflightBytes.Load())
+}
+
+func TestAmplificationBounded(t *testing.T) {
+	// 2-byte empty TimeSeries messages would each become a 192-byte struct.
+	body := make([]byte, 0, 1<<20)
+	for len(body) < cap(body) {
+		body = append(body, 0x0a, 0x00)
+	}
+	var r Request
+	require.ErrorIs(t, DecodeV1(body, &r), ErrTooLarge)
+	require.LessOrEqual(t, r.mem, int64(len(body))*maxAmplification+amplificationSlack+int64(sizeTimeSeries))
+
+	h, _ := newTestHandler(t, Config{}, &fakeStorage{})
+	res := do(h, fasthttp.MethodPost, ctV1, "snappy", snappyBody(body))
+	require.Equal(t, 400, res.code)
+	require.Contains(t, res.body, "too large once decoded")
+	require.Zero(t, h.inflightBytes.Load())
+}
+
 func TestCommitError(t *testing.T) {
 	st := &fakeStorage{commitErr: errors.New("disk on fire")}
 	h, _ := newTestHandler(t, Config{}, st)
@@ -307,7 +346,7 @@ func TestServer(t *testing.T) {
 	// cleaners outlive the test.
 	conn, err := ln.Dial()
 	require.NoError(t, err)
-	defer conn.Close()
+	defer func() { require.NoError(t, conn.Close()) }()
 	w := bufio.NewWriter(conn)
 	require.NoError(t, req.Write(w))
 	require.NoError(t, w.Flush())

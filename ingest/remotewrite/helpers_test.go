@@ -225,7 +225,7 @@ func normLabels(ls labels.Labels) []Label {
 	var out []Label
 	ls.Range(func(l labels.Label) {
 		if l.Value != "" {
-			out = append(out, Label{Name: l.Name, Value: l.Value})
+			out = append(out, l)
 		}
 	})
 	return out
@@ -347,7 +347,7 @@ func checkSeriesLabels(want labels.Labels, got *TimeSeries) error {
 	if promRejectsLabels(want) {
 		// Tolerated only where Kiln's normalisation (dropping empty
 		// values) turned an invalid set into a valid one.
-		if !promRejectsLabels(labels.New(toPromLabels(normLabels(want))...)) {
+		if !promRejectsLabels(labels.New(normLabels(want)...)) {
 			return nil
 		}
 		return fmt.Errorf("kiln accepts labels Prometheus rejects: %v", want)
@@ -359,14 +359,6 @@ func checkSeriesLabels(want labels.Labels, got *TimeSeries) error {
 		return fmt.Errorf("metric name: want %q, got %q", want.Get(model.MetricNameLabel), got.MetricName())
 	}
 	return nil
-}
-
-func toPromLabels(ls []Label) []labels.Label {
-	out := make([]labels.Label, len(ls))
-	for i, l := range ls {
-		out[i] = labels.Label{Name: l.Name, Value: l.Value}
-	}
-	return out
 }
 
 func wantMetricType(name string) model.MetricType {

@@ -134,7 +134,7 @@ func newMetrics(reg prometheus.Registerer, h *Handler) *metrics {
 		Namespace: "kiln",
 		Subsystem: "remote_write",
 		Name:      "inflight_bytes",
-		Help:      "Decompressed bytes held by in-flight requests.",
+		Help:      "Memory held by in-flight requests: decompressed bodies and their decoded form.",
 	}, func() float64 { return float64(h.inflightBytes.Load()) })
 
 	m := &metrics{rejected: rejected}

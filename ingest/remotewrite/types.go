@@ -46,6 +46,13 @@ type Request struct {
 	refs     []uint32
 	exRefs   []uint32
 	symValid []bool
+
+	// Memory accounting, see charge.
+	mem, memLimit, memCheck int64
+	// grow, if set, is told the decoded size every growStep bytes and can
+	// abort decoding with its error; the handler charges its in-flight
+	// budget through it.
+	grow func(total int64) error
 }
 
 // TimeSeries is one decoded series.

@@ -204,18 +204,25 @@ func zigzag64(v uint64) int64 {
 // appendUint32s decodes a repeated uint32 field given either unpacked (one
 // element, wtVarint) or packed (wtBytes), truncating like gogo. It returns the
 // index after the field.
-func appendUint32s(dst []uint32, b []byte, i int, wt uint64, msg string, field int32) ([]uint32, int, error) {
+func appendUint32s(r *Request, dst []uint32, b []byte, i int, wt uint64, msg string, field int32) ([]uint32, int, error) {
 	switch wt {
 	case wtVarint:
 		v, j := uvarint(b, i)
 		if j < 0 {
 			return dst, -1, truncated(msg, field)
 		}
+		if err := r.charge(4); err != nil {
+			return dst, -1, err
+		}
 		return append(dst, uint32(v)), j, nil
 	case wtBytes:
 		s, e := delimited(b, i)
 		if s < 0 {
 			return dst, -1, truncated(msg, field)
+		}
+		// At most one element per byte: charge before allocating.
+		if err := r.charge(4 * (e - s)); err != nil {
+			return dst, -1, err
 		}
 		p := b[:e]
 		for k := s; k < e; {
@@ -233,18 +240,24 @@ func appendUint32s(dst []uint32, b []byte, i int, wt uint64, msg string, field i
 }
 
 // appendSint64s is appendUint32s for repeated sint64.
-func appendSint64s(dst []int64, b []byte, i int, wt uint64, msg string, field int32) ([]int64, int, error) {
+func appendSint64s(r *Request, dst []int64, b []byte, i int, wt uint64, msg string, field int32) ([]int64, int, error) {
 	switch wt {
 	case wtVarint:
 		v, j := uvarint(b, i)
 		if j < 0 {
 			return dst, -1, truncated(msg, field)
 		}
+		if err := r.charge(8); err != nil {
+			return dst, -1, err
+		}
 		return append(dst, zigzag64(v)), j, nil
 	case wtBytes:
 		s, e := delimited(b, i)
 		if s < 0 {
 			return dst, -1, truncated(msg, field)
+		}
+		if err := r.charge(8 * (e - s)); err != nil {
+			return dst, -1, err
 		}
 		p := b[:e]
 		for k := s; k < e; {
@@ -262,12 +275,15 @@ func appendSint64s(dst []int64, b []byte, i int, wt uint64, msg string, field in
 }
 
 // appendDoubles is appendVarints for repeated double (fixed64 or packed).
-func appendDoubles(dst []float64, b []byte, i int, wt uint64, msg string, field int32) ([]float64, int, error) {
+func appendDoubles(r *Request, dst []float64, b []byte, i int, wt uint64, msg string, field int32) ([]float64, int, error) {
 	switch wt {
 	case wtFixed64:
 		v, j := float64At(b, i)
 		if j < 0 {
 			return dst, -1, truncated(msg, field)
+		}
+		if err := r.charge(8); err != nil {
+			return dst, -1, err
 		}
 		return append(dst, v), j, nil
 	case wtBytes:
@@ -277,6 +293,9 @@ func appendDoubles(dst []float64, b []byte, i int, wt uint64, msg string, field 
 		}
 		if (e-s)%8 != 0 {
 			return dst, -1, packedOverrun(msg, field)
+		}
+		if err := r.charge(e - s); err != nil {
+			return dst, -1, err
 		}
 		for k := s; k < e; k += 8 {
 			dst = append(dst, math.Float64frombits(binary.LittleEndian.Uint64(b[k:])))
