@@ -92,7 +92,7 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 
 func (n *Node) build() error {
 	var err error
-	n.rw, err = remotewrite.New(remotewrite.Config{MaxDecodedBytes: 4 * n.cfg.MaxRequestBytes}, n.db, n.reg, n.logger.With("component", "remotewrite"))
+	n.rw, err = remotewrite.New(remotewrite.Config{}, n.db, n.reg, n.logger.With("component", "remotewrite"))
 	if err != nil {
 		return err
 	}

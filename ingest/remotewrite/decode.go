@@ -29,9 +29,8 @@ var (
 	ErrInvalidExemplar = errors.New("invalid exemplar")
 )
 
-// ErrTooLarge reports a body whose decoded form would need more memory than
-// it is allowed (see maxAmplification), or more than the handler's in-flight
-// budget on its own.
+// ErrTooLarge reports a body whose decoded form would exceed
+// maxAmplification× the body's size.
 var ErrTooLarge = errors.New("request too large once decoded")
 
 // Memory accounting. The decoded form of a body can be much larger than the
@@ -41,9 +40,10 @@ var ErrTooLarge = errors.New("request too large once decoded")
 // decoded form against its in-flight budget as it grows.
 const (
 	// maxAmplification is decoded bytes allowed per body byte. Realistic
-	// requests stay below 16: the smallest useful series, a 2.0 series with
-	// two labels and one sample, is 18 bytes on the wire and ~290 decoded.
-	// Streams of empty messages reach ~130.
+	// requests stay near or below 10 (TestAmplificationRealistic): 1.0 is
+	// ~1.5×, and the smallest useful 2.0 series, two labels and one sample,
+	// is ~29 bytes on the wire and ~300 decoded. Streams of empty messages
+	// would reach ~130.
 	maxAmplification = 32
 	// amplificationSlack admits tiny bodies whatever their ratio.
 	amplificationSlack = 64 << 10

@@ -118,8 +118,8 @@ func New(cfg Config, app storage.AppendableV2, reg prometheus.Registerer, logger
 	return h, nil
 }
 
-// Stats counts what a request wrote, as reported in the 2.0 headers.
-type Stats struct {
+// writeStats counts what a request wrote, as reported in the 2.0 headers.
+type writeStats struct {
 	Samples, Histograms, Exemplars int
 }
 
@@ -127,7 +127,7 @@ type Stats struct {
 type result struct {
 	code  int
 	msg   string
-	stats Stats
+	stats writeStats
 }
 
 // Handle serves one request; mount it on POST /api/v1/write.
@@ -362,5 +362,6 @@ func (h *Handler) putState(st *state, decodedLen int) {
 	h.states.Put(st)
 }
 
-// appender is the context the storage sees; fasthttp's RequestCtx is one.
+// The RequestCtx is the context AppenderV2 gets: it is cancelled when the
+// server shuts down.
 var _ context.Context = (*fasthttp.RequestCtx)(nil)

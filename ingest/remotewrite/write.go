@@ -42,7 +42,7 @@ type batchWriter struct {
 	app  storage.AppenderV2
 	maxT int64
 
-	written  Stats
+	written  writeStats
 	rejected [numKinds][numReasons]int
 	// badRequest: something was not written for a reason the sender must
 	// hear about (400). Only 1.0 exemplar losses are exempt, see reject.
@@ -467,20 +467,12 @@ func (w *batchWriter) pairExemplarOnly() {
 			}
 		}
 		if orphans > 0 {
-			w.reject(kindExemplar, reasonNoSample, orphans, errNoSample, labels.FromStrings(labelsToStrings(ts.Labels)...), 0)
+			w.reject(kindExemplar, reasonNoSample, orphans, errNoSample, labels.New(ts.Labels...), 0)
 		}
 	}
 }
 
 var errNoSample = errors.New("exemplar has no sample of its series in the request to ride on")
-
-func labelsToStrings(ls []Label) []string {
-	out := make([]string, 0, 2*len(ls))
-	for _, l := range ls {
-		out = append(out, l.Name, l.Value)
-	}
-	return out
-}
 
 func isExemplarOnly(ts *TimeSeries) bool {
 	return ts.Err == nil && len(ts.Samples) == 0 && len(ts.Histograms) == 0 && len(ts.Exemplars) > 0
