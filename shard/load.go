@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 
@@ -140,6 +139,3 @@ func (db *DB) replayWAL(txn *badger.Txn, st *loadStats) error {
 	}
 	return nil
 }
-
-// hasPrefix reports whether k starts with p.
-func hasPrefix(k, p []byte) bool { return bytes.HasPrefix(k, p) }

@@ -101,8 +101,6 @@ func newMemSeries(ref uint64, part uint16, ls labels.Labels) *memSeries {
 	}
 }
 
-var errMixedDuplicate = errors.New("sample of another type for the same timestamp")
-
 // check reports whether sm can be appended, without changing the series.
 // nil, errDup (an exact duplicate, dropped) or a storage error.
 func (s *memSeries) check(sm sample) error {
