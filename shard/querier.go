@@ -29,6 +29,7 @@ func (db *DB) ChunkQuerier(mint, maxt int64) (storage.ChunkQuerier, error) {
 type querier struct {
 	db         *DB
 	mint, maxt int64
+	parts      *PartitionSet // nil: all partitions
 	txns       []*badger.Txn
 }
 
@@ -54,6 +55,9 @@ func (q *querier) matching(ms []*labels.Matcher, mint, maxt int64) []*memSeries 
 	}
 	q.db.refsMu.RUnlock()
 	return slices.DeleteFunc(out, func(s *memSeries) bool {
+		if q.parts != nil && !q.parts.Has(s.part) {
+			return true
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.deleted || s.maxT < mint || s.minT > maxt
@@ -80,7 +84,7 @@ func (q *querier) Select(ctx context.Context, sortSeries bool, hints *storage.Se
 
 func (q *querier) LabelValues(_ context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	var refs []uint64
-	if len(ms) > 0 || q.narrowed() {
+	if len(ms) > 0 || q.parts != nil || q.narrowed() {
 		refs = q.refsOf(q.matching(ms, q.mint, q.maxt))
 		if len(refs) == 0 {
 			return []string{}, nil, nil
@@ -95,7 +99,7 @@ func (q *querier) LabelValues(_ context.Context, name string, hints *storage.Lab
 
 func (q *querier) LabelNames(_ context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	var refs []uint64
-	if len(ms) > 0 || q.narrowed() {
+	if len(ms) > 0 || q.parts != nil || q.narrowed() {
 		refs = q.refsOf(q.matching(ms, q.mint, q.maxt))
 		if len(refs) == 0 {
 			return []string{}, nil, nil

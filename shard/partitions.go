@@ -1,0 +1,170 @@
+package shard
+
+import (
+	"context"
+	"math/bits"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/util/annotations"
+)
+
+// PartitionSet is a set of partitions as a fixed-size bitmap: 128 bytes,
+// cheap to copy, compare and send over the network.
+type PartitionSet [NumPartitions / 64]uint64
+
+// Add puts partition p into the set.
+func (s *PartitionSet) Add(p uint16) { s[p/64&(NumPartitions/64-1)] |= 1 << (p % 64) }
+
+// Remove takes partition p out of the set.
+func (s *PartitionSet) Remove(p uint16) { s[p/64&(NumPartitions/64-1)] &^= 1 << (p % 64) }
+
+// Has reports whether p is in the set.
+func (s *PartitionSet) Has(p uint16) bool {
+	return p < NumPartitions && s[p/64]&(1<<(p%64)) != 0
+}
+
+// Len is the number of partitions in the set.
+func (s *PartitionSet) Len() int {
+	n := 0
+	for _, w := range s {
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
+
+// Full reports whether the set holds every partition.
+func (s *PartitionSet) Full() bool {
+	for _, w := range s {
+		if w != ^uint64(0) {
+			return false
+		}
+	}
+	return true
+}
+
+// AddAll makes the set hold every partition.
+func (s *PartitionSet) AddAll() {
+	for i := range s {
+		s[i] = ^uint64(0)
+	}
+}
+
+// Partitions lists the partitions of the set in increasing order.
+func (s *PartitionSet) Partitions() []uint16 {
+	out := make([]uint16, 0, s.Len())
+	for i, w := range s {
+		for w != 0 {
+			b := bits.TrailingZeros64(w)
+			out = append(out, uint16(i*64+b))
+			w &^= 1 << b
+		}
+	}
+	return out
+}
+
+// PartitionQuerier is Querier restricted to the series of the partitions in
+// parts (nil: all): Select, LabelNames and LabelValues see nothing else. A
+// cluster node answers for the partitions it was asked for and no more, so
+// data it holds for partitions it no longer owns is never counted.
+func (db *DB) PartitionQuerier(mint, maxt int64, parts *PartitionSet) storage.Querier {
+	return &querier{db: db, mint: mint, maxt: maxt, parts: parts}
+}
+
+// PartitionChunkQuerier is ChunkQuerier restricted to parts (nil: all).
+// Unlike ChunkQuerier it hands out stored chunks as they are wherever that
+// is exact — a series' chunks do not overlap and a chunk lies inside
+// [mint, maxt] — and re-encodes only the rest, so a peer answering a query
+// over the network does not decode and re-encode every sample. Every
+// returned chunk holds only samples inside [mint, maxt], and the chunks of
+// a series never overlap.
+func (db *DB) PartitionChunkQuerier(mint, maxt int64, parts *PartitionSet) storage.ChunkQuerier {
+	return &rawChunkQuerier{querier{db: db, mint: mint, maxt: maxt, parts: parts}}
+}
+
+type rawChunkQuerier struct{ querier }
+
+func (q *rawChunkQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.ChunkSeriesSet {
+	return &rawChunkSet{ss: q.querier.Select(ctx, sortSeries, hints, ms...).(*seriesSet)}
+}
+
+// rawChunkSet converts the lazily read series of a seriesSet to chunk
+// series.
+type rawChunkSet struct {
+	ss  *seriesSet
+	cur storage.ChunkSeries
+	err error
+}
+
+func (s *rawChunkSet) Next() bool {
+	if s.err != nil || !s.ss.Next() {
+		return false
+	}
+	v := s.ss.At().(*memSeriesView)
+	metas, err := v.chunkMetas()
+	if err != nil {
+		s.err = err
+		return false
+	}
+	s.cur = &storage.ChunkSeriesEntry{Lset: v.lset, ChunkIteratorFn: func(chunks.Iterator) chunks.Iterator {
+		return storage.NewListChunkSeriesIterator(metas...)
+	}}
+	return true
+}
+
+func (s *rawChunkSet) At() storage.ChunkSeries { return s.cur }
+
+func (s *rawChunkSet) Err() error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.ss.Err()
+}
+
+func (s *rawChunkSet) Warnings() annotations.Annotations { return s.ss.Warnings() }
+
+// chunkMetas returns the series' samples in [mint, maxt] as non-overlapping
+// chunks in time order: stored chunks where possible, re-encoded otherwise.
+func (v *memSeriesView) chunkMetas() ([]chunks.Meta, error) {
+	if len(v.chunks) == 0 {
+		return nil, nil
+	}
+	// newSeriesIterator sorts the chunks by mint (then seq) in place.
+	_ = newSeriesIterator(v.chunks, v.mint, v.maxt, nil)
+	for i := 1; i < len(v.chunks); i++ {
+		if v.chunks[i].mint <= v.chunks[i-1].maxt {
+			return v.encode(v.chunks, nil)
+		}
+	}
+	var (
+		out []chunks.Meta
+		err error
+	)
+	start := 0 // first chunk of the pending run that needs re-encoding
+	for i, c := range v.chunks {
+		if c.mint >= v.mint && c.maxt <= v.maxt {
+			if out, err = v.encode(v.chunks[start:i], out); err != nil {
+				return nil, err
+			}
+			out = append(out, chunks.Meta{Chunk: c.chk, MinTime: c.mint, MaxTime: c.maxt})
+			start = i + 1
+		}
+	}
+	return v.encode(v.chunks[start:], out)
+}
+
+// encode appends the samples of cs clipped to [mint, maxt] as new chunks.
+func (v *memSeriesView) encode(cs []readChunk, out []chunks.Meta) ([]chunks.Meta, error) {
+	if len(cs) == 0 {
+		return out, nil
+	}
+	it := storage.NewSeriesToChunkEncoder(&storage.SeriesEntry{Lset: v.lset, SampleIteratorFn: func(reuse chunkenc.Iterator) chunkenc.Iterator {
+		return newSeriesIterator(cs, v.mint, v.maxt, reuse)
+	}}).Iterator(nil)
+	for it.Next() {
+		out = append(out, it.At())
+	}
+	return out, it.Err()
+}
