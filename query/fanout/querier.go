@@ -1,0 +1,376 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/util/annotations"
+
+	"github.com/kilnhq/kiln/cluster/ring"
+	"github.com/kilnhq/kiln/shard"
+)
+
+// Querier implements storage.Queryable. The plan is made per Select, so a
+// long query sees the topology of the moment it reads.
+func (q *Queryable) Querier(mint, maxt int64) (storage.Querier, error) {
+	return &querier{base: base{q: q, mint: mint, maxt: maxt}}, nil
+}
+
+// ChunkQuerier implements storage.ChunkQueryable (remote read).
+func (q *Queryable) ChunkQuerier(mint, maxt int64) (storage.ChunkQuerier, error) {
+	return &chunkQuerier{base: base{q: q, mint: mint, maxt: maxt}}, nil
+}
+
+// base holds what Querier and ChunkQuerier share: label queries and the
+// local queriers to close.
+type base struct {
+	q          *Queryable
+	mint, maxt int64
+
+	mu      sync.Mutex
+	closers []io.Closer
+}
+
+func (b *base) track(c io.Closer) {
+	b.mu.Lock()
+	b.closers = append(b.closers, c)
+	b.mu.Unlock()
+}
+
+func (b *base) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	for _, c := range b.closers {
+		errs = append(errs, c.Close())
+	}
+	b.closers = nil
+	return errors.Join(errs...)
+}
+
+func (b *base) localQuerier(parts *shard.PartitionSet) storage.Querier {
+	lq := b.q.local.PartitionQuerier(b.mint, b.maxt, parts)
+	b.track(lq)
+	return lq
+}
+
+// selectPeers fetches the peers' part of a Select. It returns the plan, the
+// peers' response streams and the warnings of a partial response.
+func (b *base) selectPeers(ctx context.Context, p *plan, hints *storage.SelectHints, ms []*labels.Matcher) ([]*frameReader, annotations.Annotations, error) {
+	var (
+		frs     []*frameReader
+		missing = p.missing
+		err     error
+	)
+	if !p.onlyLocal() {
+		req := request{mint: b.mint, maxt: b.maxt, matchers: ms, hints: hints}
+		frs, missing, err = fetchPeers(ctx, b.q, p, func(ctx context.Context, peer ring.Member, parts *shard.PartitionSet) (*frameReader, error) {
+			r := req
+			r.parts = *parts
+			return b.q.call(ctx, peer, pathSelect, "select", &r)
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	ws, err := b.q.checkMissing(ctx, missing)
+	return frs, ws, err
+}
+
+func (b *base) LabelNames(ctx context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	return b.labelStrings(ctx, pathLabels, "labels", "", hints, ms, func(lq storage.Querier) ([]string, annotations.Annotations, error) {
+		return lq.LabelNames(ctx, hints, ms...)
+	})
+}
+
+func (b *base) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	return b.labelStrings(ctx, pathLabelValues, "label_values", name, hints, ms, func(lq storage.Querier) ([]string, annotations.Annotations, error) {
+		return lq.LabelValues(ctx, name, hints, ms...)
+	})
+}
+
+type stringsResult struct {
+	vals []string
+	ws   annotations.Annotations
+}
+
+func (b *base) labelStrings(ctx context.Context, path, endpoint, name string, hints *storage.LabelHints, ms []*labels.Matcher,
+	local func(storage.Querier) ([]string, annotations.Annotations, error),
+) ([]string, annotations.Annotations, error) {
+	p := b.q.plan()
+	if p.onlyLocal() && len(p.missing) == 0 {
+		return local(b.localQuerier(p.local))
+	}
+	var (
+		results []stringsResult
+		missing = p.missing
+		err     error
+	)
+	if !p.onlyLocal() {
+		req := request{mint: b.mint, maxt: b.maxt, matchers: ms, name: name}
+		if hints != nil {
+			req.limit = hints.Limit
+		}
+		results, missing, err = fetchPeers(ctx, b.q, p, func(ctx context.Context, peer ring.Member, parts *shard.PartitionSet) (stringsResult, error) {
+			r := req
+			r.parts = *parts
+			fr, err := b.q.call(ctx, peer, path, endpoint, &r)
+			if err != nil {
+				return stringsResult{}, err
+			}
+			vals, ws, err := readStrings(fr)
+			return stringsResult{vals, ws}, err
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	ws, err := b.q.checkMissing(ctx, missing)
+	if err != nil {
+		return nil, nil, err
+	}
+	var all []string
+	if p.localUsed {
+		vals, lws, err := local(b.localQuerier(p.local))
+		if err != nil {
+			return nil, lws, err
+		}
+		ws.Merge(lws)
+		all = vals
+	}
+	for _, r := range results {
+		all = append(all, r.vals...)
+		ws.Merge(r.ws)
+	}
+	slices.Sort(all)
+	all = slices.Compact(all)
+	if hints != nil && hints.Limit > 0 && len(all) > hints.Limit {
+		all = all[:hints.Limit]
+	}
+	if all == nil {
+		all = []string{}
+	}
+	return all, ws, nil
+}
+
+type querier struct{ base }
+
+func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	p := qr.q.plan()
+	if p.onlyLocal() && len(p.missing) == 0 {
+		// The common single-node case: the local querier, nothing added.
+		return qr.localQuerier(p.local).Select(ctx, sortSeries, hints, ms...)
+	}
+	frs, ws, err := qr.selectPeers(ctx, p, hints, ms)
+	if err != nil {
+		return storage.ErrSeriesSet(err)
+	}
+	sets := make([]storage.SeriesSet, 0, len(frs)+1)
+	if p.localUsed {
+		sets = append(sets, qr.localQuerier(p.local).Select(ctx, true, hints, ms...))
+	}
+	for _, fr := range frs {
+		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}})
+	}
+	limit := 0
+	if hints != nil {
+		limit = hints.Limit
+	}
+	return &warnSeriesSet{SeriesSet: storage.NewMergeSeriesSet(sets, limit, storage.ChainedSeriesMerge), ws: ws}
+}
+
+type chunkQuerier struct{ base }
+
+func (qr *chunkQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.ChunkSeriesSet {
+	p := qr.q.plan()
+	localChunks := func(sort bool) storage.ChunkSeriesSet {
+		lq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, p.local)
+		qr.track(lq)
+		return lq.Select(ctx, sort, hints, ms...)
+	}
+	if p.onlyLocal() && len(p.missing) == 0 {
+		return localChunks(sortSeries)
+	}
+	frs, ws, err := qr.selectPeers(ctx, p, hints, ms)
+	if err != nil {
+		return storage.ErrChunkSeriesSet(err)
+	}
+	sets := make([]storage.ChunkSeriesSet, 0, len(frs)+1)
+	if p.localUsed {
+		sets = append(sets, localChunks(true))
+	}
+	for _, fr := range frs {
+		sets = append(sets, &remoteChunkSet{fr: fr})
+	}
+	limit := 0
+	if hints != nil {
+		limit = hints.Limit
+	}
+	merged := storage.NewMergeChunkSeriesSet(sets, limit, storage.NewCompactingChunkSeriesMerger(storage.ChainedSeriesMerge))
+	return &warnChunkSet{ChunkSeriesSet: merged, ws: ws}
+}
+
+// warnSeriesSet adds the fan-out's own warnings to a set's.
+type warnSeriesSet struct {
+	storage.SeriesSet
+	ws annotations.Annotations
+}
+
+func (s *warnSeriesSet) Warnings() annotations.Annotations {
+	var ws annotations.Annotations
+	ws.Merge(s.SeriesSet.Warnings())
+	return ws.Merge(s.ws)
+}
+
+type warnChunkSet struct {
+	storage.ChunkSeriesSet
+	ws annotations.Annotations
+}
+
+func (s *warnChunkSet) Warnings() annotations.Annotations {
+	var ws annotations.Annotations
+	ws.Merge(s.ChunkSeriesSet.Warnings())
+	return ws.Merge(s.ws)
+}
+
+// remoteChunkSet decodes a peer's select response one series at a time.
+type remoteChunkSet struct {
+	fr   *frameReader
+	cur  frame
+	ws   annotations.Annotations
+	err  error
+	done bool
+}
+
+func (s *remoteChunkSet) Next() bool {
+	for !s.done {
+		f, err := s.fr.next()
+		switch {
+		case err == io.EOF:
+			s.done = true
+		case err != nil:
+			s.err, s.done = err, true
+		case f.typ == frameSeries:
+			s.cur = f
+			return true
+		case f.typ == frameWarning:
+			s.ws.Add(errors.New(f.str))
+		default:
+			s.err, s.done = errMalformed, true
+		}
+	}
+	return false
+}
+
+func (s *remoteChunkSet) At() storage.ChunkSeries {
+	metas := s.cur.chunks
+	return &storage.ChunkSeriesEntry{Lset: s.cur.lset, ChunkIteratorFn: func(chunks.Iterator) chunks.Iterator {
+		return storage.NewListChunkSeriesIterator(metas...)
+	}}
+}
+
+func (s *remoteChunkSet) Err() error                        { return s.err }
+func (s *remoteChunkSet) Warnings() annotations.Annotations { return s.ws }
+
+// remoteSeriesSet presents a peer's chunks as sample series.
+type remoteSeriesSet struct{ remoteChunkSet }
+
+func (s *remoteSeriesSet) At() storage.Series {
+	return &remoteSeries{lset: s.cur.lset, metas: s.cur.chunks}
+}
+
+type remoteSeries struct {
+	lset  labels.Labels
+	metas []chunks.Meta
+}
+
+func (s *remoteSeries) Labels() labels.Labels { return s.lset }
+
+func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
+	it, ok := reuse.(*chainIterator)
+	if !ok {
+		it = &chainIterator{}
+	}
+	*it = chainIterator{metas: s.metas, cur: it.cur}
+	return it
+}
+
+// chainIterator walks chunks that are in time order and do not overlap, as
+// peers send them, decoding each only when reached.
+type chainIterator struct {
+	metas []chunks.Meta
+	i     int // next chunk to open
+	cur   chunkenc.Iterator
+	open  bool // cur iterates metas[i-1]
+	vt    chunkenc.ValueType
+	err   error
+}
+
+func (it *chainIterator) Next() chunkenc.ValueType {
+	for it.err == nil {
+		if it.open {
+			if it.vt = it.cur.Next(); it.vt != chunkenc.ValNone {
+				return it.vt
+			}
+			if it.err = it.cur.Err(); it.err != nil {
+				break
+			}
+		}
+		if it.i >= len(it.metas) {
+			break
+		}
+		it.cur, it.open = it.metas[it.i].Chunk.Iterator(it.cur), true
+		it.i++
+	}
+	it.vt = chunkenc.ValNone
+	return it.vt
+}
+
+func (it *chainIterator) Seek(t int64) chunkenc.ValueType {
+	if it.vt != chunkenc.ValNone && it.cur.AtT() >= t {
+		return it.vt
+	}
+	if it.err != nil {
+		return chunkenc.ValNone
+	}
+	if !it.open || it.metas[it.i-1].MaxTime < t {
+		for it.i < len(it.metas) && it.metas[it.i].MaxTime < t {
+			it.i++
+		}
+		if it.i >= len(it.metas) {
+			it.open, it.vt = false, chunkenc.ValNone
+			return it.vt
+		}
+		it.cur, it.open = it.metas[it.i].Chunk.Iterator(it.cur), true
+		it.i++
+	}
+	if it.vt = it.cur.Seek(t); it.vt != chunkenc.ValNone {
+		return it.vt
+	}
+	if it.err = it.cur.Err(); it.err != nil {
+		return chunkenc.ValNone
+	}
+	return it.Next()
+}
+
+func (it *chainIterator) At() (int64, float64) { return it.cur.At() }
+
+func (it *chainIterator) AtHistogram(h *histogram.Histogram) (int64, *histogram.Histogram) {
+	return it.cur.AtHistogram(h)
+}
+
+func (it *chainIterator) AtFloatHistogram(fh *histogram.FloatHistogram) (int64, *histogram.FloatHistogram) {
+	return it.cur.AtFloatHistogram(fh)
+}
+
+func (it *chainIterator) AtT() int64  { return it.cur.AtT() }
+func (it *chainIterator) AtST() int64 { return it.cur.AtST() }
+func (it *chainIterator) Err() error  { return it.err }
