@@ -1,0 +1,211 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"slices"
+	"sync"
+
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+
+	"github.com/kilnhq/kiln/cluster/ring"
+	"github.com/kilnhq/kiln/shard"
+)
+
+// appender routes samples: appended to the local storage at once where this
+// node owns the partition (so per-sample errors are synchronous), buffered
+// per peer for the other owners until Commit.
+type appender struct {
+	w    *Writer
+	ctx  context.Context
+	ring *ring.Ring // snapshot: one transaction sees one assignment
+	self int32      // this node's index in ring.Members(), -1 if absent
+
+	local   storage.AppenderV2
+	batches []*batch // by member index
+	touched [shard.NumPartitions / 64]uint64
+	done    bool
+}
+
+func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
+	if a.done {
+		return 0, errAppClosed
+	}
+	if a.ring == nil {
+		return 0, nil // Commit reports the missing ring
+	}
+	hash := labels.StableHash(ls)
+	p := uint16(hash % shard.NumPartitions) // == shard.PartitionOf(ls)
+	owners := a.ring.OwnerIndexes(p)
+	var (
+		r   storage.SeriesRef
+		err error
+	)
+	if a.self >= 0 && slices.Contains(owners, a.self) {
+		if a.local == nil {
+			a.local = a.w.local.AppenderV2(a.ctx)
+		}
+		r, err = a.local.Append(ref, ls, st, t, v, h, fh, opts)
+		var partial *storage.AppendPartialError
+		if err != nil && !errors.As(err, &partial) {
+			return r, err // refused here: not forwarded either
+		}
+	}
+	// Exemplar slices are the caller's to reuse; one copy serves all peers.
+	exs := slices.Clone(opts.Exemplars)
+	for _, o := range owners {
+		if o == a.self {
+			continue
+		}
+		if a.batches == nil {
+			a.batches = make([]*batch, len(a.ring.Members()))
+		}
+		b := a.batches[o]
+		if b == nil {
+			b = &batch{}
+			a.batches[o] = b
+		}
+		sidx := b.seriesIndex(ls, hash, opts.MetricFamilyName, opts.Metadata)
+		if h == nil && fh == nil {
+			b.floats = append(b.floats, fsample{sidx: sidx, st: st, t: t, v: v, ex: exs})
+			b.series[sidx].nf++
+		} else {
+			b.hists = append(b.hists, hsample{sidx: sidx, st: st, t: t, h: h, fh: fh, ex: exs})
+			b.series[sidx].nh++
+		}
+	}
+	a.touched[p/64] |= 1 << (p % 64)
+	return r, err
+}
+
+// peerResult is the outcome of one peer's batch.
+type peerResult struct {
+	ok  bool
+	enc *encoded
+	rej []rejection
+	err error
+}
+
+func (a *appender) Commit() error {
+	if a.done {
+		return errAppClosed
+	}
+	a.done = true
+	w := a.w
+	if a.ring == nil {
+		w.m.quorumFailures.Inc()
+		return fmt.Errorf("no partition assignment known yet: %w", ErrUnavailable)
+	}
+	members := a.ring.Members()
+	results := make([]peerResult, len(a.batches))
+	var wg sync.WaitGroup
+	for i, b := range a.batches {
+		if b == nil || b.empty() {
+			continue
+		}
+		m := members[i]
+		if !w.topo.Alive(m.Name) {
+			results[i].err = fmt.Errorf("%s: reported dead by gossip", m.Name)
+			continue // straight to a hint
+		}
+		wg.Go(func() {
+			e, rej, err := w.forward(a.ctx, w.peer(m.Name), m.Addr, b)
+			results[i] = peerResult{ok: err == nil, enc: e, rej: rej, err: err}
+		})
+	}
+	var localErr error
+	if a.local != nil {
+		localErr = a.local.Commit()
+	}
+	wg.Wait()
+	if localErr != nil {
+		return fmt.Errorf("commit local: %w", localErr)
+	}
+
+	need := w.cfg.acksNeeded(a.ring.RF())
+	var firstErr error
+	quorum := true
+	for wi, word := range a.touched {
+		for word != 0 {
+			p := uint16(wi*64 + bits.TrailingZeros64(word))
+			word &= word - 1
+			acks := 0
+			for _, o := range a.ring.OwnerIndexes(p) {
+				if o == a.self || (int(o) < len(results) && results[o].ok) {
+					acks++
+				} else if firstErr == nil && int(o) < len(results) {
+					firstErr = results[o].err
+				}
+			}
+			if acks < need {
+				quorum = false
+			}
+		}
+	}
+	if !quorum {
+		w.m.quorumFailures.Inc()
+		return fmt.Errorf("a partition has fewer than %d durable copies (%v): %w", need, firstErr, ErrUnavailable)
+	}
+
+	// Quorum everywhere: every owner that missed its batch gets a hint,
+	// durable before we acknowledge.
+	var rejected []Rejection
+	seen := map[string]struct{}{}
+	for i, res := range results {
+		b := a.batches[i]
+		if b == nil || b.empty() {
+			continue
+		}
+		if !res.ok {
+			body := encode(w.enc, w.topo.Self(), b, nil).body
+			if err := w.hints.add(members[i].Name, body); err != nil {
+				w.m.quorumFailures.Inc()
+				return fmt.Errorf("hint for %s: %v: %w", members[i].Name, err, ErrUnavailable)
+			}
+			continue
+		}
+		for _, rj := range res.rej {
+			if x, ok := rejectionOf(b, res.enc, rj); ok {
+				k := fmt.Sprintf("%s\xff%d\xff%t", x.Labels.String(), x.T, x.Histogram)
+				if _, dup := seen[k]; !dup {
+					seen[k] = struct{}{}
+					rejected = append(rejected, x)
+				}
+			}
+		}
+	}
+	if len(rejected) > 0 {
+		return &RejectedError{Rejections: rejected}
+	}
+	return nil
+}
+
+// rejectionOf maps a peer's rejection (canonical index) back to the sample.
+func rejectionOf(b *batch, e *encoded, rj rejection) (Rejection, bool) {
+	err := errorOf(rj.reason, rj.msg)
+	switch {
+	case rj.idx < len(e.forder):
+		f := &b.floats[e.forder[rj.idx]]
+		return Rejection{Labels: b.series[f.sidx].ls, T: f.t, Exemplars: len(f.ex), Err: err}, true
+	case rj.idx-len(e.forder) < len(e.horder):
+		h := &b.hists[e.horder[rj.idx-len(e.forder)]]
+		return Rejection{Labels: b.series[h.sidx].ls, T: h.t, Histogram: true, Exemplars: len(h.ex), Err: err}, true
+	}
+	return Rejection{}, false
+}
+
+func (a *appender) Rollback() error {
+	if a.done {
+		return errAppClosed
+	}
+	a.done = true
+	a.batches = nil
+	if a.local != nil {
+		return a.local.Rollback()
+	}
+	return nil
+}

@@ -1,0 +1,270 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/valyala/fasthttp"
+)
+
+// WritePath is where peers serve replicated writes.
+const WritePath = "/internal/v1/write"
+
+// statusResync is the receiver's answer to a series id it does not know.
+const statusResync = fasthttp.StatusConflict
+
+var (
+	errResync    = errors.New("peer does not know a referenced series")
+	errNoSlot    = errors.New("no in-flight slot for peer within the timeout")
+	errPeerHTTP  = errors.New("peer answered an error")
+	errAppClosed = errors.New("appender already committed or rolled back")
+)
+
+// cachedSeries is a series as defined to one peer: an immutable (labels,
+// base) pair under a cache-local id.
+type cachedSeries struct {
+	ls    labels.Labels
+	id    uint32
+	base  float64
+	acked bool // the peer confirmed a request defining it (under peerCache.mu)
+	next  *cachedSeries
+}
+
+// peerCache is a sender's series cache for one peer, see the package doc.
+type peerCache struct {
+	mu   sync.Mutex
+	gen  uint64
+	next uint32
+	m    map[uint64]*cachedSeries
+}
+
+func (pc *peerCache) resetLocked() {
+	pc.gen = rand.Uint64() | 1 // 0 is never a generation
+	pc.next = 0
+	pc.m = make(map[uint64]*cachedSeries)
+}
+
+func (pc *peerCache) reset() {
+	pc.mu.Lock()
+	pc.resetLocked()
+	pc.mu.Unlock()
+}
+
+// reserve makes room for n new ids, starting a new generation if needed.
+func (pc *peerCache) reserveLocked(n int) {
+	if pc.m == nil || uint64(pc.next)+uint64(n) > maxSeriesIDs {
+		pc.resetLocked()
+	}
+}
+
+func (pc *peerCache) lookup(ls labels.Labels, hash uint64) *cachedSeries {
+	for cs := pc.m[hash]; cs != nil; cs = cs.next {
+		if labels.Equal(cs.ls, ls) {
+			return cs
+		}
+	}
+	return nil
+}
+
+// add defines ls afresh, replacing any older definition.
+func (pc *peerCache) add(ls labels.Labels, hash uint64, base float64) *cachedSeries {
+	cs := &cachedSeries{ls: ls, id: pc.next, base: base}
+	pc.next++
+	var prev *cachedSeries
+	for c := pc.m[hash]; c != nil; prev, c = c, c.next {
+		if labels.Equal(c.ls, ls) {
+			cs.next = c.next
+			if prev == nil {
+				pc.m[hash] = cs
+			} else {
+				prev.next = cs
+			}
+			return cs
+		}
+	}
+	cs.next = pc.m[hash]
+	pc.m[hash] = cs
+	return cs
+}
+
+func (pc *peerCache) ack(e *encoded) {
+	pc.mu.Lock()
+	if pc.gen == e.gen {
+		for _, cs := range e.defined {
+			cs.acked = true
+		}
+	}
+	pc.mu.Unlock()
+}
+
+// peer is the sending side's state for one peer.
+type peer struct {
+	name  string
+	slots chan struct{}
+	cache peerCache
+}
+
+func (w *Writer) peer(name string) *peer {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.peers[name]
+	if p == nil {
+		p = &peer{name: name, slots: make(chan struct{}, w.cfg.MaxInflightPerPeer)}
+		w.peers[name] = p
+	}
+	return p
+}
+
+// forward sends b to the peer at addr and returns the rejections it
+// reported. The first attempt uses the series cache; a resync answer resets
+// it and resends the batch self-contained.
+func (w *Writer) forward(ctx context.Context, p *peer, addr string, b *batch) (*encoded, []rejection, error) {
+	e := encode(w.enc, w.topo.Self(), b, &p.cache)
+	rej, err := w.send(ctx, p, addr, e.body)
+	if errors.Is(err, errResync) {
+		p.cache.reset()
+		e = encode(w.enc, w.topo.Self(), b, nil)
+		rej, err = w.send(ctx, p, addr, e.body)
+	}
+	if err != nil {
+		return &e, nil, err
+	}
+	if e.cache != nil {
+		p.cache.ack(&e)
+	}
+	w.m.forwardedSamples.WithLabelValues(p.name).Add(float64(b.samples()))
+	return &e, rej, nil
+}
+
+// send POSTs one request body, waiting at most Timeout for an in-flight
+// slot and the answer together.
+func (w *Writer) send(ctx context.Context, p *peer, addr string, body []byte) (rej []rejection, err error) {
+	start := time.Now()
+	deadline := start.Add(w.cfg.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	defer func() {
+		w.m.forwardDuration.Observe(time.Since(start).Seconds())
+		if err != nil && !errors.Is(err, errResync) {
+			w.m.forwardErrors.WithLabelValues(p.name).Inc()
+		}
+	}()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case p.slots <- struct{}{}:
+	case <-timer.C:
+		return nil, fmt.Errorf("%s: %w", p.name, errNoSlot)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%s: %w", p.name, ctx.Err())
+	}
+	defer func() { <-p.slots }()
+
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI("http://" + addr + WritePath)
+	req.Header.SetContentType("application/x-kiln-replicate")
+	req.SetBodyRaw(body)
+	w.m.forwardBytes.WithLabelValues(p.name).Add(float64(len(body)))
+	if err := w.client.DoDeadline(req, resp, deadline); err != nil {
+		return nil, fmt.Errorf("%s: %w", p.name, err)
+	}
+	switch code := resp.StatusCode(); code {
+	case fasthttp.StatusOK:
+		rej, err := decodeResponse(resp.Body())
+		if err != nil {
+			return nil, fmt.Errorf("%s: response: %w", p.name, err)
+		}
+		return rej, nil
+	case statusResync:
+		return nil, fmt.Errorf("%s: %w", p.name, errResync)
+	default:
+		return nil, fmt.Errorf("%s: %d %s: %w", p.name, code, trim(resp.Body()), errPeerHTTP)
+	}
+}
+
+func trim(b []byte) string {
+	if len(b) > 200 {
+		b = b[:200]
+	}
+	return string(b)
+}
+
+// --- receiving side ---------------------------------------------------------
+
+// rdef is a series a sender defined to this node.
+type rdef struct {
+	ls   labels.Labels
+	base float64
+	ref  atomic.Uint64 // local storage ref, a hint for the next append
+}
+
+type senderTable struct {
+	gen  uint64
+	defs []*rdef
+}
+
+// tables holds every sender's series table.
+type tables struct {
+	mu sync.Mutex
+	m  map[string]*senderTable
+}
+
+// resolve applies req's definitions and returns the definition of every
+// series in req, or errResync if one is unknown.
+func (ts *tables) resolve(req *request) ([]*rdef, error) {
+	out := make([]*rdef, len(req.series))
+	if req.full {
+		// Self-contained: ids are local to the request.
+		byID := make(map[uint32]*rdef, len(req.defs))
+		for _, d := range req.defs {
+			byID[d.id] = &rdef{ls: d.ls, base: d.base}
+		}
+		for i, s := range req.series {
+			if out[i] = byID[s.id]; out[i] == nil {
+				return nil, fmt.Errorf("series id %d not defined: %w", s.id, errMalformed)
+			}
+		}
+		return out, nil
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.m == nil {
+		ts.m = make(map[string]*senderTable)
+	}
+	t := ts.m[req.sender]
+	if t == nil || t.gen != req.gen {
+		// The sender started a new generation (or this node restarted):
+		// the old table is garbage.
+		t = &senderTable{gen: req.gen}
+		ts.m[req.sender] = t
+	}
+	for _, d := range req.defs {
+		if int(d.id) >= len(t.defs) {
+			t.defs = append(t.defs, make([]*rdef, int(d.id)+1-len(t.defs))...)
+		}
+		if old := t.defs[d.id]; old == nil || !labels.Equal(old.ls, d.ls) || old.base != d.base {
+			t.defs[d.id] = &rdef{ls: d.ls, base: d.base}
+		}
+	}
+	for i, s := range req.series {
+		if int(s.id) >= len(t.defs) || t.defs[s.id] == nil {
+			return nil, fmt.Errorf("series id %d: %w", s.id, errResync)
+		}
+		out[i] = t.defs[s.id]
+	}
+	return out, nil
+}
+
+var _ storage.AppendableV2 = (*Writer)(nil)

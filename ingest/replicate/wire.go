@@ -1,0 +1,857 @@
+package replicate
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"unsafe"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/metadata"
+)
+
+// The request layout is documented in WIRE.md; keep the two in step.
+const (
+	wireVersion = 1
+	flagFull    = 1 // self-contained: defines every series it uses
+
+	// maxPayload bounds a decompressed request (and so the decoder's memory).
+	maxPayload = 256 << 20
+	// maxSeriesIDs bounds a sender's series cache generation, on both sides.
+	maxSeriesIDs = 1 << 21
+	// maxDelta: integral values further than this from their series' base
+	// make the sender define the series afresh with a new base, so deltas
+	// stay at most 3 varint bytes before compression.
+	maxDelta = 1 << 20
+)
+
+var errMalformed = errors.New("malformed replication request")
+
+// --- sender side ------------------------------------------------------------
+
+// fsample and hsample are buffered samples for one peer; sidx indexes
+// batch.series.
+type fsample struct {
+	sidx  int32
+	st, t int64
+	v     float64
+	ex    []exemplar.Exemplar
+}
+
+type hsample struct {
+	sidx  int32
+	st, t int64
+	h     *histogram.Histogram
+	fh    *histogram.FloatHistogram
+	ex    []exemplar.Exemplar
+}
+
+type bseries struct {
+	ls     labels.Labels
+	hash   uint64
+	family string
+	meta   metadata.Metadata
+	next   int32 // next series with the same hash, -1 if none
+	nf, nh int32
+}
+
+// batch is what one peer gets from one Commit.
+type batch struct {
+	series []bseries
+	index  map[uint64]int32 // hash -> first series with it
+	floats []fsample
+	hists  []hsample
+}
+
+func (b *batch) seriesIndex(ls labels.Labels, hash uint64, family string, meta metadata.Metadata) int32 {
+	if b.index == nil {
+		b.index = make(map[uint64]int32)
+	}
+	i, ok := b.index[hash]
+	for ok && i >= 0 {
+		if labels.Equal(b.series[i].ls, ls) {
+			s := &b.series[i]
+			if meta != (metadata.Metadata{}) {
+				s.meta = meta
+				s.family = strings.Clone(family)
+			}
+			return i
+		}
+		i = b.series[i].next
+	}
+	head, ok := b.index[hash]
+	if !ok {
+		head = -1
+	}
+	n := int32(len(b.series))
+	b.series = append(b.series, bseries{ls: ls, hash: hash, family: strings.Clone(family), meta: meta, next: head})
+	b.index[hash] = n
+	return n
+}
+
+func (b *batch) empty() bool { return len(b.floats) == 0 && len(b.hists) == 0 }
+
+// samples counts floats and histograms.
+func (b *batch) samples() int { return len(b.floats) + len(b.hists) }
+
+// encoded is one request body and what the sender needs to interpret the
+// answer.
+type encoded struct {
+	body    []byte
+	defined []*cachedSeries // definitions to mark acknowledged on success
+	forder  []int32         // canonical float index -> batch.floats index
+	horder  []int32         // canonical histogram index -> batch.hists index
+	gen     uint64          // cache generation encoded against
+	cache   *peerCache      // nil when self-contained
+}
+
+type symbols struct {
+	idx  map[string]uint32
+	list []string
+}
+
+func (s *symbols) ref(v string) uint64 {
+	if i, ok := s.idx[v]; ok {
+		return uint64(i)
+	}
+	i := uint32(len(s.list))
+	s.idx[v] = i
+	s.list = append(s.list, v)
+	return uint64(i)
+}
+
+func (s *symbols) labels(b []byte, ls labels.Labels) []byte {
+	b = binary.AppendUvarint(b, uint64(ls.Len()))
+	ls.Range(func(l labels.Label) {
+		b = binary.AppendUvarint(b, s.ref(l.Name))
+		b = binary.AppendUvarint(b, s.ref(l.Value))
+	})
+	return b
+}
+
+// integral reports whether v is an integer a float64 holds exactly.
+// -0 is not: it would come back as +0, and replicas must hold the same
+// bits.
+func integral(v float64) bool {
+	return v == math.Trunc(v) && math.Abs(v) < 1<<53 && (v != 0 || !math.Signbit(v))
+}
+
+// baseFor picks the base of a newly defined series: its first integral
+// float value in the batch, or 0.
+func baseFor(b *batch, order []int32, from, to int32) float64 {
+	for _, k := range order[from:to] {
+		if v := b.floats[k].v; integral(v) {
+			return v
+		}
+	}
+	return 0
+}
+
+// encode builds the request carrying b. With pc nil the request is
+// self-contained (hints, resync); otherwise series are referenced through
+// the peer's cache and only unacknowledged ones are defined.
+func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
+	e := encoded{cache: pc}
+	// Canonical order: series in batch order, samples of a series in append
+	// order (a counting sort, stable).
+	fstart := make([]int32, len(b.series)+1)
+	hstart := make([]int32, len(b.series)+1)
+	for i := range b.series {
+		fstart[i+1] = fstart[i] + b.series[i].nf
+		hstart[i+1] = hstart[i] + b.series[i].nh
+	}
+	e.forder = make([]int32, len(b.floats))
+	e.horder = make([]int32, len(b.hists))
+	{
+		fpos := append([]int32(nil), fstart[:len(b.series)]...)
+		for k := range b.floats {
+			s := b.floats[k].sidx
+			e.forder[fpos[s]] = int32(k)
+			fpos[s]++
+		}
+		hpos := append([]int32(nil), hstart[:len(b.series)]...)
+		for k := range b.hists {
+			s := b.hists[k].sidx
+			e.horder[hpos[s]] = int32(k)
+			hpos[s]++
+		}
+	}
+
+	syms := symbols{idx: make(map[string]uint32, 64)}
+	ids := make([]uint32, len(b.series))
+	bases := make([]float64, len(b.series))
+	var defs []byte
+	ndefs := 0
+	define := func(id uint32, ls labels.Labels, base float64) {
+		ndefs++
+		defs = binary.AppendUvarint(defs, uint64(id))
+		defs = syms.labels(defs, ls)
+		defs = binary.LittleEndian.AppendUint64(defs, math.Float64bits(base))
+	}
+	if pc != nil {
+		pc.mu.Lock()
+		e.gen = pc.gen
+	}
+	for i := range b.series {
+		s := &b.series[i]
+		base := baseFor(b, e.forder, fstart[i], fstart[i+1])
+		if pc == nil {
+			ids[i], bases[i] = uint32(i), base
+			define(ids[i], s.ls, base)
+			continue
+		}
+		cs := pc.lookup(s.ls, s.hash)
+		if cs != nil && !fits(b, e.forder[fstart[i]:fstart[i+1]], cs.base) {
+			cs = nil // rebase: a new id, so ids stay immutable
+		}
+		if cs == nil {
+			cs = pc.add(s.ls, s.hash, base)
+		}
+		ids[i], bases[i] = cs.id, cs.base
+		if !cs.acked {
+			define(cs.id, s.ls, cs.base)
+			e.defined = append(e.defined, cs)
+		}
+	}
+	if pc != nil {
+		pc.mu.Unlock()
+	}
+
+	// Metadata table, deduplicated per request.
+	var metas []byte
+	nmetas := 0
+	metaIdx := make(map[[4]string]uint64)
+	var cols []byte
+	cols = binary.AppendUvarint(cols, uint64(len(b.series)))
+	prev := int64(0)
+	for i := range b.series {
+		cols = binary.AppendVarint(cols, int64(ids[i])-prev)
+		prev = int64(ids[i])
+	}
+	for i := range b.series {
+		s := &b.series[i]
+		if s.meta == (metadata.Metadata{}) {
+			cols = append(cols, 0)
+			continue
+		}
+		k := [4]string{s.family, string(s.meta.Type), s.meta.Help, s.meta.Unit}
+		m, ok := metaIdx[k]
+		if !ok {
+			nmetas++
+			m = uint64(nmetas)
+			metaIdx[k] = m
+			for _, v := range k {
+				metas = binary.AppendUvarint(metas, syms.ref(v))
+			}
+		}
+		cols = binary.AppendUvarint(cols, m)
+	}
+	for i := range b.series {
+		cols = binary.AppendUvarint(cols, uint64(b.series[i].nf))
+	}
+	for i := range b.series {
+		cols = binary.AppendUvarint(cols, uint64(b.series[i].nh))
+	}
+	// Float columns: t (delta), st (delta), tag, int deltas, raw values.
+	pt := int64(0)
+	for _, k := range e.forder {
+		t := b.floats[k].t
+		cols = binary.AppendVarint(cols, t-pt)
+		pt = t
+	}
+	pt = 0
+	for _, k := range e.forder {
+		st := b.floats[k].st
+		cols = binary.AppendVarint(cols, st-pt)
+		pt = st
+	}
+	var ints, raws []byte
+	for _, k := range e.forder {
+		f := &b.floats[k]
+		base := bases[f.sidx]
+		if integral(f.v) && math.Abs(f.v-base) < maxDelta {
+			cols = append(cols, 0)
+			ints = binary.AppendVarint(ints, int64(f.v-base))
+		} else {
+			cols = append(cols, 1)
+			raws = binary.LittleEndian.AppendUint64(raws, math.Float64bits(f.v))
+		}
+	}
+	cols = append(cols, ints...)
+	cols = append(cols, raws...)
+	// Histograms, row by row: they are rare and large.
+	pt = 0
+	for _, k := range e.horder {
+		h := &b.hists[k]
+		cols = binary.AppendVarint(cols, h.t-pt)
+		pt = h.t
+		cols = binary.AppendVarint(cols, h.st)
+		cols = appendHistogram(cols, h.h, h.fh)
+	}
+	// Exemplars, by canonical sample index.
+	nex := 0
+	var exs []byte
+	addEx := func(idx int, list []exemplar.Exemplar) {
+		for _, x := range list {
+			nex++
+			exs = binary.AppendUvarint(exs, uint64(idx))
+			exs = syms.labels(exs, x.Labels)
+			exs = binary.LittleEndian.AppendUint64(exs, math.Float64bits(x.Value))
+			exs = binary.AppendVarint(exs, x.Ts)
+			if x.HasTs {
+				exs = append(exs, 1)
+			} else {
+				exs = append(exs, 0)
+			}
+		}
+	}
+	for c, k := range e.forder {
+		addEx(c, b.floats[k].ex)
+	}
+	for c, k := range e.horder {
+		addEx(len(e.forder)+c, b.hists[k].ex)
+	}
+
+	// Assemble: symbols, defs, metas, columns, exemplars.
+	n := 16 + len(defs) + len(metas) + len(cols) + len(exs)
+	for _, s := range syms.list {
+		n += len(s) + 2
+	}
+	p := make([]byte, 0, n)
+	p = binary.AppendUvarint(p, uint64(len(syms.list)))
+	for _, s := range syms.list {
+		p = binary.AppendUvarint(p, uint64(len(s)))
+		p = append(p, s...)
+	}
+	p = binary.AppendUvarint(p, uint64(ndefs))
+	p = append(p, defs...)
+	p = binary.AppendUvarint(p, uint64(nmetas))
+	p = append(p, metas...)
+	p = append(p, cols...)
+	p = binary.AppendUvarint(p, uint64(nex))
+	p = append(p, exs...)
+
+	body := make([]byte, 0, 32+len(sender)+len(p)/2)
+	body = append(body, wireVersion)
+	if pc == nil {
+		body = append(body, flagFull)
+	} else {
+		body = append(body, 0)
+	}
+	body = binary.AppendUvarint(body, uint64(len(sender)))
+	body = append(body, sender...)
+	body = binary.LittleEndian.AppendUint64(body, e.gen)
+	body = binary.AppendUvarint(body, uint64(len(p)))
+	e.body = enc.EncodeAll(p, body)
+	return e
+}
+
+// fits reports whether every integral value of a series is close enough to
+// base to be sent as a delta.
+func fits(b *batch, order []int32, base float64) bool {
+	for _, k := range order {
+		if v := b.floats[k].v; integral(v) && math.Abs(v-base) >= maxDelta {
+			return false
+		}
+	}
+	return true
+}
+
+func appendHistogram(b []byte, h *histogram.Histogram, fh *histogram.FloatHistogram) []byte {
+	f64 := func(v float64) { b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v)) }
+	spans := func(ss []histogram.Span) {
+		b = binary.AppendUvarint(b, uint64(len(ss)))
+		for _, s := range ss {
+			b = binary.AppendVarint(b, int64(s.Offset))
+			b = binary.AppendUvarint(b, uint64(s.Length))
+		}
+	}
+	floats := func(vs []float64) {
+		b = binary.AppendUvarint(b, uint64(len(vs)))
+		for _, v := range vs {
+			f64(v)
+		}
+	}
+	ints := func(vs []int64) {
+		b = binary.AppendUvarint(b, uint64(len(vs)))
+		for _, v := range vs {
+			b = binary.AppendVarint(b, v)
+		}
+	}
+	if h != nil {
+		b = append(b, 0, byte(h.CounterResetHint))
+		b = binary.AppendVarint(b, int64(h.Schema))
+		f64(h.ZeroThreshold)
+		b = binary.AppendUvarint(b, h.ZeroCount)
+		b = binary.AppendUvarint(b, h.Count)
+		f64(h.Sum)
+		spans(h.PositiveSpans)
+		spans(h.NegativeSpans)
+		ints(h.PositiveBuckets)
+		ints(h.NegativeBuckets)
+		floats(h.CustomValues)
+		return b
+	}
+	b = append(b, 1, byte(fh.CounterResetHint))
+	b = binary.AppendVarint(b, int64(fh.Schema))
+	f64(fh.ZeroThreshold)
+	f64(fh.ZeroCount)
+	f64(fh.Count)
+	f64(fh.Sum)
+	spans(fh.PositiveSpans)
+	spans(fh.NegativeSpans)
+	floats(fh.PositiveBuckets)
+	floats(fh.NegativeBuckets)
+	floats(fh.CustomValues)
+	return b
+}
+
+// --- receiver side ----------------------------------------------------------
+
+type wireDef struct {
+	id   uint32
+	ls   labels.Labels
+	base float64
+}
+
+type wireMeta struct {
+	family string
+	meta   metadata.Metadata
+}
+
+type wireSeries struct {
+	id     uint32
+	meta   int // index into metas, -1 for none
+	nf, nh int
+}
+
+type wireFloat struct {
+	st, t   int64
+	v       float64 // raw value, or the delta when isDelta
+	isDelta bool
+}
+
+type wireHist struct {
+	st, t int64
+	h     *histogram.Histogram
+	fh    *histogram.FloatHistogram
+}
+
+type wireExemplar struct {
+	idx int // canonical sample index: floats first, then histograms
+	ex  exemplar.Exemplar
+}
+
+// request is a decoded replication request.
+type request struct {
+	full      bool
+	sender    string
+	gen       uint64
+	defs      []wireDef
+	metas     []wireMeta
+	series    []wireSeries
+	floats    []wireFloat
+	hists     []wireHist
+	exemplars []wireExemplar
+}
+
+// reader reads the payload; the first error sticks and zeroes every read.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) fail(what string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%s: %w", what, errMalformed)
+	}
+	r.b = nil
+}
+
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail("uvarint")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.fail("varint")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) byte() byte {
+	if len(r.b) < 1 {
+		r.fail("byte")
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *reader) f64() float64 {
+	if len(r.b) < 8 {
+		r.fail("float")
+		return 0
+	}
+	v := math.Float64frombits(binary.LittleEndian.Uint64(r.b))
+	r.b = r.b[8:]
+	return v
+}
+
+// count reads a count of items that take at least minSize bytes each, so a
+// hostile count cannot make the decoder allocate more than it was sent.
+func (r *reader) count(minSize int) int {
+	n := r.uvarint()
+	if n > uint64(len(r.b)/minSize) {
+		r.fail("count")
+		return 0
+	}
+	return int(n)
+}
+
+func (r *reader) bytes(n uint64) []byte {
+	if n > uint64(len(r.b)) {
+		r.fail("length")
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) sym(syms []string) string {
+	i := r.uvarint()
+	if i >= uint64(len(syms)) {
+		r.fail("symbol")
+		return ""
+	}
+	return syms[i]
+}
+
+func (r *reader) labels(syms []string, sb *labels.ScratchBuilder) labels.Labels {
+	n := r.count(2)
+	sb.Reset()
+	for range n {
+		name := r.sym(syms)
+		sb.Add(name, r.sym(syms))
+	}
+	sb.Sort()
+	return sb.Labels()
+}
+
+// header is the uncompressed prefix of a request.
+type header struct {
+	full   bool
+	sender string
+	gen    uint64
+	size   uint64 // decompressed payload size
+	rest   []byte // the zstd frame
+}
+
+func parseHeader(body []byte) (header, error) {
+	var h header
+	r := reader{b: body}
+	if v := r.byte(); r.err == nil && v != wireVersion {
+		return h, fmt.Errorf("version %d: %w", v, errMalformed)
+	}
+	flags := r.byte()
+	h.full = flags&flagFull != 0
+	h.sender = string(r.bytes(r.uvarint()))
+	if len(r.b) < 8 {
+		r.fail("generation")
+	} else {
+		h.gen = binary.LittleEndian.Uint64(r.b)
+		r.b = r.b[8:]
+	}
+	h.size = r.uvarint()
+	if r.err == nil && h.size > maxPayload {
+		r.fail("payload size")
+	}
+	h.rest = r.b
+	return h, r.err
+}
+
+// decodeRequest decodes a request body (bytes from the network).
+func decodeRequest(dec *zstd.Decoder, body []byte) (*request, error) {
+	h, err := parseHeader(body)
+	if err != nil {
+		return nil, err
+	}
+	p, err := dec.DecodeAll(h.rest, make([]byte, 0, h.size))
+	if err != nil {
+		return nil, fmt.Errorf("zstd: %v: %w", err, errMalformed)
+	}
+	if uint64(len(p)) != h.size {
+		return nil, fmt.Errorf("payload size: %w", errMalformed)
+	}
+	req, err := decodePayload(p)
+	if err != nil {
+		return nil, err
+	}
+	req.full, req.sender, req.gen = h.full, h.sender, h.gen
+	return req, nil
+}
+
+func decodePayload(p []byte) (*request, error) {
+	req := &request{}
+	r := reader{b: p}
+	// Symbols point into the payload, which is never reused: labels and
+	// exemplars copy them (labels.ScratchBuilder), metadata is cloned.
+	nsyms := r.count(1)
+	syms := make([]string, nsyms)
+	for i := range syms {
+		b := r.bytes(r.uvarint())
+		if len(b) > 0 {
+			syms[i] = unsafe.String(&b[0], len(b))
+		}
+	}
+	var sb labels.ScratchBuilder
+	req.defs = make([]wireDef, r.count(3))
+	for i := range req.defs {
+		d := &req.defs[i]
+		id := r.uvarint()
+		if id >= maxSeriesIDs {
+			r.fail("series id")
+		}
+		d.id = uint32(id)
+		d.ls = r.labels(syms, &sb)
+		d.base = r.f64()
+	}
+	req.metas = make([]wireMeta, r.count(4))
+	for i := range req.metas {
+		m := &req.metas[i]
+		m.family = strings.Clone(r.sym(syms))
+		m.meta.Type = mtype(strings.Clone(r.sym(syms)))
+		m.meta.Help = strings.Clone(r.sym(syms))
+		m.meta.Unit = strings.Clone(r.sym(syms))
+	}
+	req.series = make([]wireSeries, r.count(4))
+	prev := int64(0)
+	for i := range req.series {
+		prev += r.varint()
+		if prev < 0 || prev >= maxSeriesIDs {
+			r.fail("series id")
+		}
+		req.series[i].id = uint32(prev)
+	}
+	for i := range req.series {
+		m := r.uvarint()
+		if m > uint64(len(req.metas)) {
+			r.fail("metadata index")
+		}
+		req.series[i].meta = int(m) - 1
+	}
+	nf, nh := 0, 0
+	for i := range req.series {
+		n := r.uvarint()
+		if n > uint64(len(r.b)) {
+			r.fail("float count")
+		}
+		req.series[i].nf = int(n)
+		nf += int(n)
+	}
+	for i := range req.series {
+		n := r.uvarint()
+		if n > uint64(len(r.b)) {
+			r.fail("histogram count")
+		}
+		req.series[i].nh = int(n)
+		nh += int(n)
+	}
+	if r.err != nil || nf > len(r.b) || nh > len(r.b) {
+		r.fail("sample count")
+		return nil, r.err
+	}
+	req.floats = make([]wireFloat, nf)
+	pt := int64(0)
+	for i := range req.floats {
+		pt += r.varint()
+		req.floats[i].t = pt
+	}
+	pt = 0
+	for i := range req.floats {
+		pt += r.varint()
+		req.floats[i].st = pt
+	}
+	for i := range req.floats {
+		switch r.byte() {
+		case 0:
+			req.floats[i].isDelta = true
+		case 1:
+		default:
+			r.fail("value tag")
+		}
+	}
+	for i := range req.floats {
+		if f := &req.floats[i]; f.isDelta {
+			f.v = float64(r.varint())
+		}
+	}
+	for i := range req.floats {
+		if f := &req.floats[i]; !f.isDelta {
+			f.v = r.f64()
+		}
+	}
+	req.hists = make([]wireHist, nh)
+	pt = 0
+	for i := range req.hists {
+		h := &req.hists[i]
+		pt += r.varint()
+		h.t = pt
+		h.st = r.varint()
+		h.h, h.fh = r.histogram()
+		if r.err != nil {
+			return nil, r.err
+		}
+	}
+	req.exemplars = make([]wireExemplar, r.count(11))
+	for i := range req.exemplars {
+		x := &req.exemplars[i]
+		idx := r.uvarint()
+		if idx >= uint64(nf+nh) {
+			r.fail("exemplar index")
+		}
+		x.idx = int(idx)
+		x.ex.Labels = r.labels(syms, &sb)
+		x.ex.Value = r.f64()
+		x.ex.Ts = r.varint()
+		x.ex.HasTs = r.byte() != 0
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return req, nil
+}
+
+func mtype(s string) model.MetricType { return model.MetricType(s) }
+
+func (r *reader) histogram() (*histogram.Histogram, *histogram.FloatHistogram) {
+	kind := r.byte()
+	hint := histogram.CounterResetHint(r.byte())
+	schema := r.varint()
+	if schema < math.MinInt32 || schema > math.MaxInt32 {
+		r.fail("schema")
+	}
+	zt := r.f64()
+	spans := func() []histogram.Span {
+		n := r.count(2)
+		if n == 0 {
+			return nil
+		}
+		ss := make([]histogram.Span, n)
+		for i := range ss {
+			o := r.varint()
+			l := r.uvarint()
+			if o < math.MinInt32 || o > math.MaxInt32 || l > math.MaxUint32 {
+				r.fail("span")
+			}
+			ss[i] = histogram.Span{Offset: int32(o), Length: uint32(l)}
+		}
+		return ss
+	}
+	floats := func() []float64 {
+		n := r.count(8)
+		if n == 0 {
+			return nil
+		}
+		vs := make([]float64, n)
+		for i := range vs {
+			vs[i] = r.f64()
+		}
+		return vs
+	}
+	ints := func() []int64 {
+		n := r.count(1)
+		if n == 0 {
+			return nil
+		}
+		vs := make([]int64, n)
+		for i := range vs {
+			vs[i] = r.varint()
+		}
+		return vs
+	}
+	switch kind {
+	case 0:
+		h := &histogram.Histogram{CounterResetHint: hint, Schema: int32(schema), ZeroThreshold: zt}
+		h.ZeroCount = r.uvarint()
+		h.Count = r.uvarint()
+		h.Sum = r.f64()
+		h.PositiveSpans = spans()
+		h.NegativeSpans = spans()
+		h.PositiveBuckets = ints()
+		h.NegativeBuckets = ints()
+		h.CustomValues = floats()
+		return h, nil
+	case 1:
+		fh := &histogram.FloatHistogram{CounterResetHint: hint, Schema: int32(schema), ZeroThreshold: zt}
+		fh.ZeroCount = r.f64()
+		fh.Count = r.f64()
+		fh.Sum = r.f64()
+		fh.PositiveSpans = spans()
+		fh.NegativeSpans = spans()
+		fh.PositiveBuckets = floats()
+		fh.NegativeBuckets = floats()
+		fh.CustomValues = floats()
+		return nil, fh
+	}
+	r.fail("histogram kind")
+	return nil, nil
+}
+
+// --- response ---------------------------------------------------------------
+
+// rejection is one refused sample in a response, by canonical index.
+type rejection struct {
+	idx    int
+	reason byte
+	msg    string
+}
+
+func encodeResponse(rs []rejection) []byte {
+	b := []byte{wireVersion}
+	b = binary.AppendUvarint(b, uint64(len(rs)))
+	for _, r := range rs {
+		b = binary.AppendUvarint(b, uint64(r.idx))
+		b = append(b, r.reason)
+		b = binary.AppendUvarint(b, uint64(len(r.msg)))
+		b = append(b, r.msg...)
+	}
+	return b
+}
+
+func decodeResponse(b []byte) ([]rejection, error) {
+	r := reader{b: b}
+	if v := r.byte(); r.err == nil && v != wireVersion {
+		return nil, fmt.Errorf("response version %d: %w", v, errMalformed)
+	}
+	rs := make([]rejection, r.count(3))
+	for i := range rs {
+		rs[i].idx = int(min(r.uvarint(), math.MaxInt32))
+		rs[i].reason = r.byte()
+		rs[i].msg = string(r.bytes(r.uvarint()))
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("trailing bytes")
+	}
+	return rs, r.err
+}

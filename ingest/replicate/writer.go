@@ -1,0 +1,199 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/valyala/fasthttp"
+)
+
+// Writer is the replicated write path: a storage.AppendableV2 for the
+// remote-write handler and the scraper, the handler of peers' forwarded
+// writes, and the hinted-handoff replayer. Safe for concurrent use.
+type Writer struct {
+	cfg    Config
+	topo   Topology
+	local  storage.AppendableV2
+	logger *slog.Logger
+	m      *metrics
+
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	client *fasthttp.Client
+	hints  *hintStore
+	tables tables
+
+	mu    sync.Mutex
+	peers map[string]*peer
+}
+
+// New returns a Writer appending this node's share to local.
+func New(cfg Config, topo Topology, local storage.AppendableV2, reg prometheus.Registerer, logger *slog.Logger) (*Writer, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if topo == nil || local == nil {
+		return nil, errors.New("replicate: nil Topology or local storage")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	w := &Writer{cfg: cfg, topo: topo, local: local, logger: logger, m: newMetrics(reg), peers: map[string]*peer{}}
+	// Fastest level: a batch is compressed once per peer on the write path,
+	// and the symbol table and columns already remove most redundancy.
+	if w.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1)); err != nil {
+		return nil, err
+	}
+	if w.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxPayload)); err != nil {
+		return nil, err
+	}
+	w.client = &fasthttp.Client{
+		Name:                "kiln-replicate",
+		MaxConnsPerHost:     cfg.MaxInflightPerPeer,
+		ReadTimeout:         cfg.Timeout,
+		WriteTimeout:        cfg.Timeout,
+		MaxIdleConnDuration: time.Minute,
+		// Requests are not idempotent at the HTTP layer's discretion: the
+		// caller decides about retries (resync, hints).
+		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
+	}
+	if w.hints, err = openHints(cfg.HintsDir, cfg.MaxHintBytesPerPeer, cfg.Now, w.m, logger); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Close releases the Writer's resources. Hints stay on disk for the next
+// start.
+func (w *Writer) Close() error {
+	w.client.CloseIdleConnections()
+	w.dec.Close()
+	return w.enc.Close()
+}
+
+// Backlog reports the hints waiting per peer (peers with none are omitted).
+func (w *Writer) Backlog() map[string]HintBacklog {
+	return w.hints.backlog()
+}
+
+// Run replays hints to their peers until ctx is done: oldest first, one
+// peer's hints in order, a hint deleted only once the peer acknowledged it,
+// with exponential backoff (1s to 30s) after a failure.
+func (w *Writer) Run(ctx context.Context) error {
+	t := time.NewTicker(w.cfg.replayInterval)
+	defer t.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		w.hints.mu.Lock()
+		names := make([]string, 0, len(w.hints.queues))
+		for n := range w.hints.queues {
+			names = append(names, n)
+		}
+		w.hints.mu.Unlock()
+		for _, name := range names {
+			q := w.hints.queue(name)
+			q.mu.Lock()
+			ready := len(q.hints) > 0 && !q.replaying && !w.cfg.Now().Before(q.notBefore)
+			if ready {
+				q.replaying = true
+			}
+			q.mu.Unlock()
+			if !ready || !w.topo.Alive(name) {
+				w.setReplaying(q, false)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer w.setReplaying(q, false)
+				w.replay(ctx, name, q)
+			}()
+		}
+	}
+}
+
+func (w *Writer) setReplaying(q *hintQueue, v bool) {
+	q.mu.Lock()
+	q.replaying = v
+	q.mu.Unlock()
+}
+
+const (
+	minBackoff = time.Second
+	maxBackoff = 30 * time.Second
+)
+
+// replay sends peer's hints in order until one fails or none is left.
+func (w *Writer) replay(ctx context.Context, name string, q *hintQueue) {
+	p := w.peer(name)
+	for ctx.Err() == nil {
+		h, ok := w.hints.oldest(name)
+		if !ok {
+			return
+		}
+		m, ok := w.topo.Ring().Member(name)
+		if !ok {
+			return // not in the current ring: keep the hints for when it is
+		}
+		body, err := w.hints.read(name, h)
+		if err != nil {
+			w.logger.Warn("Dropping unreadable hint", "peer", name, "err", err)
+			w.m.hintsDropped.Inc()
+			w.hints.done(name, h)
+			continue
+		}
+		rej, err := w.send(ctx, p, m.Addr, body)
+		if err != nil {
+			q.mu.Lock()
+			q.backoff = min(max(2*q.backoff, minBackoff), maxBackoff)
+			q.notBefore = w.cfg.Now().Add(q.backoff)
+			q.mu.Unlock()
+			w.logger.Debug("Hint replay failed", "peer", name, "err", err)
+			return
+		}
+		if len(rej) > 0 {
+			// The peer already holds other values at those timestamps:
+			// nothing a later replay could change.
+			w.logger.Warn("Peer refused replayed samples", "peer", name, "count", len(rej), "first", rej[0].msg)
+		}
+		q.mu.Lock()
+		q.backoff = 0
+		q.mu.Unlock()
+		w.hints.done(name, h)
+		w.m.hintsReplayed.Inc()
+	}
+}
+
+// AppenderV2 returns an appender routing samples to their owners. When the
+// ring is this node alone it is the local storage's own appender: a single
+// node pays nothing for replication.
+func (w *Writer) AppenderV2(ctx context.Context) storage.AppenderV2 {
+	r := w.topo.Ring()
+	self := w.topo.Self()
+	if ms := r.Members(); len(ms) == 1 && ms[0].Name == self {
+		return w.local.AppenderV2(ctx)
+	}
+	a := &appender{w: w, ctx: ctx, ring: r, self: -1}
+	for i, m := range r.Members() {
+		if m.Name == self {
+			a.self = int32(i)
+		}
+	}
+	return a
+}
+
+func (w *Writer) String() string { return fmt.Sprintf("replicate.Writer(%s)", w.topo.Self()) }
