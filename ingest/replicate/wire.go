@@ -196,6 +196,7 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	}
 	if pc != nil {
 		pc.mu.Lock()
+		pc.reserveLocked(len(b.series)) // no reset midway through a request
 		e.gen = pc.gen
 	}
 	for i := range b.series {
