@@ -353,12 +353,12 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	return e
 }
 
-// fits reports whether every integral value of a series is close enough to
-// base to be sent as a delta.
+// fits reports whether the first integral value of a series is close
+// enough to base to be sent as a delta (later ones that are not go raw).
 func fits(b *batch, order []int32, base float64) bool {
 	for _, k := range order {
-		if v := b.floats[k].v; integral(v) && math.Abs(v-base) >= maxDelta {
-			return false
+		if v := b.floats[k].v; integral(v) {
+			return math.Abs(v-base) < maxDelta
 		}
 	}
 	return true

@@ -1,0 +1,253 @@
+package replicate
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/metadata"
+	"github.com/stretchr/testify/require"
+)
+
+func codecs(tb testing.TB) (*zstd.Encoder, *zstd.Decoder) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	require.NoError(tb, err)
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxPayload))
+	require.NoError(tb, err)
+	tb.Cleanup(dec.Close)
+	return enc, dec
+}
+
+// sampleBatch holds floats (integral, fractional, NaN, -0, far from base),
+// int and float histograms, exemplars, start timestamps and metadata.
+func sampleBatch() *batch {
+	b := &batch{}
+	add := func(ls labels.Labels, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, ex []exemplar.Exemplar, meta metadata.Metadata) {
+		s := b.seriesIndex(ls, labels.StableHash(ls), ls.Get("__name__"), meta)
+		if h == nil && fh == nil {
+			b.floats = append(b.floats, fsample{sidx: s, st: st, t: t, v: v, ex: ex})
+			b.series[s].nf++
+		} else {
+			b.hists = append(b.hists, hsample{sidx: s, st: st, t: t, h: h, fh: fh, ex: ex})
+			b.series[s].nh++
+		}
+	}
+	c := labels.FromStrings("__name__", "c_total", "job", "x")
+	g := labels.FromStrings("__name__", "g", "job", "x")
+	hs := labels.FromStrings("__name__", "h", "job", "x")
+	meta := metadata.Metadata{Type: model.MetricTypeCounter, Help: "a counter", Unit: "s"}
+	ex := []exemplar.Exemplar{{Labels: labels.FromStrings("trace_id", "abc"), Value: 1.5, Ts: 990, HasTs: true}}
+	add(c, 500, 1000, 123456789, nil, nil, ex, meta)
+	add(g, 0, 1000, 0.25, nil, nil, nil, metadata.Metadata{})
+	add(c, 500, 2000, 123456789+5e6, nil, nil, nil, meta) // far from the base
+	add(g, 0, 2000, math.Copysign(0, -1), nil, nil, nil, metadata.Metadata{})
+	add(g, 0, 3000, math.Float64frombits(0x7ff8000000000bad), nil, nil, nil, metadata.Metadata{})
+	add(g, 0, 900, -42, nil, nil, nil, metadata.Metadata{}) // out of order within the series
+	ih := &histogram.Histogram{Schema: 1, Count: 5, Sum: 12.5, ZeroCount: 1, ZeroThreshold: 0.001,
+		PositiveSpans: []histogram.Span{{Offset: -1, Length: 2}}, PositiveBuckets: []int64{2, -1},
+		NegativeSpans: []histogram.Span{{Offset: 0, Length: 1}}, NegativeBuckets: []int64{1}, CounterResetHint: histogram.NotCounterReset}
+	fh := &histogram.FloatHistogram{Schema: histogram.CustomBucketsSchema, Count: 3, Sum: 1.5,
+		PositiveSpans: []histogram.Span{{Offset: 0, Length: 2}}, PositiveBuckets: []float64{1, 2}, CustomValues: []float64{0.5, 1}}
+	add(hs, 100, 1000, 0, ih, nil, ex, metadata.Metadata{Type: model.MetricTypeHistogram})
+	add(hs, 100, 2000, 0, nil, fh, nil, metadata.Metadata{Type: model.MetricTypeHistogram})
+	return b
+}
+
+// decoded is what a receiver appends, in canonical order.
+type appended struct {
+	ls     labels.Labels
+	st, t  int64
+	vbits  uint64
+	h      *histogram.Histogram
+	fh     *histogram.FloatHistogram
+	family string
+	meta   metadata.Metadata
+	ex     []exemplar.Exemplar
+}
+
+func flatten(t *testing.T, req *request, defs []*rdef) []appended {
+	var out []appended
+	fi, hi := 0, 0
+	exFor := func(idx int) []exemplar.Exemplar {
+		var xs []exemplar.Exemplar
+		for _, x := range req.exemplars {
+			if x.idx == idx {
+				xs = append(xs, x.ex)
+			}
+		}
+		return xs
+	}
+	for si, s := range req.series {
+		a := appended{ls: defs[si].ls}
+		if s.meta >= 0 {
+			a.family, a.meta = req.metas[s.meta].family, req.metas[s.meta].meta
+		}
+		for range s.nf {
+			f := req.floats[fi]
+			v := f.v
+			if f.isDelta {
+				v += defs[si].base
+			}
+			a.st, a.t, a.vbits, a.ex = f.st, f.t, math.Float64bits(v), exFor(fi)
+			out = append(out, a)
+			fi++
+		}
+		for range s.nh {
+			h := req.hists[hi]
+			x := a
+			x.st, x.t, x.h, x.fh, x.ex, x.vbits = h.st, h.t, h.h, h.fh, exFor(len(req.floats)+hi), 0
+			out = append(out, x)
+			hi++
+		}
+	}
+	return out
+}
+
+func expected(b *batch) []appended {
+	var out []appended
+	for si, s := range b.series {
+		a := appended{ls: s.ls, family: s.family, meta: s.meta}
+		if s.meta == (metadata.Metadata{}) {
+			a.family = ""
+		}
+		for _, f := range b.floats {
+			if int(f.sidx) == si {
+				x := a
+				x.st, x.t, x.vbits, x.ex = f.st, f.t, math.Float64bits(f.v), f.ex
+				out = append(out, x)
+			}
+		}
+		_ = si
+	}
+	for si, s := range b.series {
+		a := appended{ls: s.ls, family: s.family, meta: s.meta}
+		for _, h := range b.hists {
+			if int(h.sidx) == si {
+				x := a
+				x.st, x.t, x.h, x.fh, x.ex = h.st, h.t, h.h, h.fh, h.ex
+				out = append(out, x)
+			}
+		}
+	}
+	return out
+}
+
+func TestWireRoundTrip(t *testing.T) {
+	enc, dec := codecs(t)
+	b := sampleBatch()
+	var pc peerCache
+	var ts tables
+	for round, cache := range []*peerCache{nil, &pc, &pc} {
+		t.Run(fmt.Sprint(round), func(t *testing.T) {
+			e := encode(enc, "sender", b, cache)
+			req, err := decodeRequest(dec, e.body)
+			require.NoError(t, err)
+			require.Equal(t, cache == nil, req.full)
+			require.Equal(t, "sender", req.sender)
+			if round == 2 {
+				require.Empty(t, req.defs, "acknowledged series are referenced, not redefined")
+			}
+			defs, err := ts.resolve(req)
+			require.NoError(t, err)
+			got := flatten(t, req, defs)
+			// Canonical order is floats of every series, then histograms.
+			var floats, hists []appended
+			for _, g := range got {
+				if g.h != nil || g.fh != nil {
+					hists = append(hists, g)
+				} else {
+					floats = append(floats, g)
+				}
+			}
+			require.Equal(t, expected(b), append(floats, hists...))
+			if cache != nil {
+				cache.ack(&e)
+			}
+		})
+	}
+}
+
+func TestResponseRoundTrip(t *testing.T) {
+	rs := []rejection{{idx: 3, reason: reasonDuplicate, msg: "duplicate sample for timestamp"}, {idx: 70000, reason: reasonOther, msg: ""}}
+	got, err := decodeResponse(encodeResponse(rs))
+	require.NoError(t, err)
+	require.Equal(t, rs, got)
+	_, err = decodeResponse([]byte{wireVersion, 5})
+	require.ErrorIs(t, err, errMalformed)
+}
+
+func TestDecodeRejectsGarbage(t *testing.T) {
+	_, dec := codecs(t)
+	enc, _ := codecs(t)
+	body := encode(enc, "s", sampleBatch(), nil).body
+	for _, bad := range [][]byte{nil, {2}, body[:len(body)-3], append(append([]byte{}, body[:4]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)} {
+		_, err := decodeRequest(dec, bad)
+		require.Error(t, err)
+	}
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	enc, dec := codecs(f)
+	f.Add(encode(enc, "s", sampleBatch(), nil).body)
+	var pc peerCache
+	f.Add(encode(enc, "s", sampleBatch(), &pc).body)
+	f.Add([]byte{wireVersion, 0, 0})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := decodeRequest(dec, body)
+		if err != nil {
+			return
+		}
+		var ts tables
+		defs, err := ts.resolve(req)
+		if err != nil {
+			return
+		}
+		// Every index the receiver will use must be in range.
+		flatten(t, req, defs)
+		for _, h := range req.hists {
+			if h.h != nil {
+				_ = h.h.Validate()
+			} else {
+				_ = h.fh.Validate()
+			}
+		}
+	})
+}
+
+func FuzzDecodePayload(f *testing.F) {
+	enc, dec := codecs(f)
+	body := encode(enc, "s", sampleBatch(), nil).body
+	h, err := parseHeader(body)
+	require.NoError(f, err)
+	p, err := dec.DecodeAll(h.rest, nil)
+	require.NoError(f, err)
+	f.Add(p)
+	f.Fuzz(func(t *testing.T, p []byte) {
+		req, err := decodePayload(p)
+		if err != nil {
+			return
+		}
+		req.full = true
+		var ts tables
+		if defs, err := ts.resolve(req); err == nil {
+			flatten(t, req, defs)
+		}
+	})
+}
+
+func FuzzDecodeResponse(f *testing.F) {
+	f.Add(encodeResponse([]rejection{{idx: 1, reason: 1, msg: "x"}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rs, err := decodeResponse(b)
+		if err == nil {
+			got, err := decodeResponse(encodeResponse(rs))
+			require.NoError(t, err)
+			require.Equal(t, rs, got)
+		}
+	})
+}

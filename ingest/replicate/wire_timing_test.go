@@ -1,0 +1,150 @@
+package replicate
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/metadata"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kilnhq/kiln/cluster/ring"
+	"github.com/kilnhq/kiln/shard"
+)
+
+// loadgenSeries is like bench/loadgen: 8 labels, job/instance/pod/method/
+// status/namespace/handler.
+func loadgenSeries(i int) labels.Labels {
+	jobs := []string{"api-gateway", "checkout", "payments", "inventory", "search"}
+	tgt := i / 100
+	job := jobs[tgt%len(jobs)]
+	return labels.FromStrings(
+		"__name__", []string{"http_requests_total", "http_request_duration_seconds_bucket", "process_cpu_seconds_total"}[i%3],
+		"job", job,
+		"namespace", []string{"prod", "staging"}[tgt%2],
+		"instance", fmt.Sprintf("10.0.%d.%d:8080", tgt/250, tgt%250),
+		"pod", fmt.Sprintf("%s-%08x-%05d", job, uint32(tgt*2654435761), tgt),
+		"method", []string{"GET", "POST"}[i%2],
+		"status", []string{"200", "404", "500"}[i%3],
+		"handler", fmt.Sprintf("/api/v1/h%d", i%13),
+	)
+}
+
+// loadgenValue is a counter: base + rate*round + noise below rate.
+func loadgenValue(i, round int) float64 {
+	seed := uint64(i)*0x9e3779b97f4a7c15 + 1
+	base := float64(seed>>44) * 10
+	rate := float64(1 + i%200)
+	noise := float64((seed ^ uint64(round)*0xbf58476d1ce4e5b9) >> 40 % uint64(rate))
+	return base + rate*float64(round) + noise
+}
+
+func loadgenBatch(round int) *batch {
+	b := &batch{}
+	t := int64(1_700_000_000_000 + round*15_000)
+	for i := range 2000 {
+		ls := loadgenSeries(i)
+		s := b.seriesIndex(ls, labels.StableHash(ls), "", metadata.Metadata{})
+		b.floats = append(b.floats, fsample{sidx: s, t: t + int64(i%1000), v: loadgenValue(i, round)})
+		b.series[s].nf++
+	}
+	return b
+}
+
+// TestWireBytesPerSample reports the bytes on the wire per replicated sample
+// for a loadgen-like batch (2,000 samples of 2,000 series), the first time
+// (series defined) and in the steady state (series cached, values as deltas
+// from their base).
+func TestWireBytesPerSample(t *testing.T) {
+	enc, dec := codecs(t)
+	var pc peerCache
+	var ts tables
+	var first, steady int
+	const rounds = 20
+	for r := range rounds {
+		b := loadgenBatch(r)
+		e := encode(enc, "a", b, &pc)
+		req, err := decodeRequest(dec, e.body)
+		require.NoError(t, err)
+		defs, err := ts.resolve(req)
+		require.NoError(t, err)
+		got := flatten(t, req, defs)
+		require.Len(t, got, 2000)
+		require.Equal(t, math.Float64bits(b.floats[0].v), got[0].vbits)
+		pc.ack(&e)
+		if r == 0 {
+			first = len(e.body)
+		} else {
+			steady += len(e.body)
+		}
+	}
+	perFirst := float64(first) / 2000
+	perSteady := float64(steady) / (rounds - 1) / 2000
+	full := len(encode(enc, "a", loadgenBatch(1), nil).body)
+	t.Logf("bytes per replicated sample: first batch %.2f, steady state %.2f, self-contained (hint) %.2f", perFirst, perSteady, float64(full)/2000)
+	// The issue targets 2; the noise in counter increments is most of what
+	// is left (values are deltas from a per-series base, not from the
+	// previous sample, which would need ordered delivery).
+	require.Less(t, perSteady, 3.0)
+}
+
+func BenchmarkEncodeLoadgenBatch(b *testing.B) {
+	enc, _ := codecs(b)
+	var pc peerCache
+	e := encode(enc, "a", loadgenBatch(0), &pc)
+	pc.ack(&e)
+	bt := loadgenBatch(1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		e = encode(enc, "a", bt, &pc)
+	}
+	b.ReportMetric(float64(len(e.body))/2000, "wire-bytes/sample")
+}
+
+// BenchmarkSingleNode compares the Writer on a ring of one with the bare
+// shard appender it wraps.
+func BenchmarkSingleNode(b *testing.B) {
+	series := make([]labels.Labels, 2000)
+	for i := range series {
+		series[i] = loadgenSeries(i)
+	}
+	run := func(b *testing.B, app func() storage.AppenderV2) {
+		b.ReportAllocs()
+		round := 0
+		for b.Loop() {
+			a := app()
+			for i, ls := range series {
+				if _, err := a.Append(0, ls, 0, int64(round)*15000, loadgenValue(i, round), nil, nil, storage.AppendV2Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := a.Commit(); err != nil {
+				b.Fatal(err)
+			}
+			round++
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(series)), "ns/sample")
+	}
+	b.Run("shard", func(b *testing.B) {
+		db, err := shard.Open(shard.Config{}, nil, nil)
+		require.NoError(b, err)
+		defer db.Close()
+		run(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
+	})
+	b.Run("writer", func(b *testing.B) {
+		db, err := shard.Open(shard.Config{}, nil, nil)
+		require.NoError(b, err)
+		defer db.Close()
+		r, err := ring.New([]ring.Member{{Name: "a", Addr: "127.0.0.1:1"}}, 1, 1)
+		require.NoError(b, err)
+		c := &cluster{ring: r, dead: map[string]bool{}}
+		w, err := New(Config{}, topo{c: c, self: "a"}, db, nil, nil)
+		require.NoError(b, err)
+		defer w.Close()
+		run(b, func() storage.AppenderV2 { return w.AppenderV2(context.Background()) })
+	})
+}
