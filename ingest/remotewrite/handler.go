@@ -20,6 +20,11 @@
 //	     Valid data in the same request is still written and committed.
 //	500  the storage failed otherwise, or Commit failed: the request is rolled
 //	     back so that the sender's retry does not duplicate anything
+//	503  also when a replicating storage's Commit missed its write quorum
+//	     (an error with Unavailable() true, see ingest/replicate); the
+//	     retry is safe because exact duplicates are accepted idempotently
+//	400  also for samples replicas refused at Commit (an error with
+//	     EachRejected, see committedExcept); the rest was committed
 //	204  everything was written and Commit returned nil
 //
 // 2.0 responses (after negotiation) carry X-Prometheus-Remote-Write-

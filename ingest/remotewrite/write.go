@@ -82,7 +82,10 @@ func (h *Handler) write(ctx context.Context, p protocol, st *state) result {
 		}
 	}
 	if w.app != nil {
-		if err := w.app.Commit(); err != nil {
+		if err := w.app.Commit(); err != nil && !w.committedExcept(err) {
+			if w.unavailable(err) {
+				return result{code: fasthttp.StatusServiceUnavailable, msg: fmt.Sprintf("commit to storage: %v", err)}
+			}
 			// Commit failing rolled everything back: nothing was written,
 			// whatever the loop counted.
 			return result{code: fasthttp.StatusInternalServerError, msg: fmt.Sprintf("commit to storage: %v", err)}
@@ -94,6 +97,67 @@ func (h *Handler) write(ctx context.Context, p protocol, st *state) result {
 		return result{code: fasthttp.StatusBadRequest, msg: w.message(), stats: w.written}
 	}
 	return result{code: fasthttp.StatusNoContent, stats: w.written}
+}
+
+// Commit errors of a replicating storage (ingest/replicate) are recognised
+// by their methods, so that ingest subpackages stay independent:
+//
+//   - Unavailable() bool: a write quorum was not reached; the sender must
+//     retry (503 with Retry-After), which is safe because exact duplicates
+//     are accepted idempotently.
+//   - EachRejected(fn): everything was committed except these samples,
+//     which replicas refused (e.g. a conflicting duplicate): a partial 400,
+//     as for samples the storage refuses on Append.
+type (
+	unavailableError interface{ Unavailable() bool }
+	rejectedError    interface {
+		EachRejected(fn func(ls labels.Labels, t int64, histogram bool, exemplars int, err error))
+	}
+)
+
+func (w *batchWriter) unavailable(err error) bool {
+	var u unavailableError
+	return errors.As(err, &u) && u.Unavailable()
+}
+
+// committedExcept reports whether err lists the only samples Commit did not
+// write, and counts them as refused.
+func (w *batchWriter) committedExcept(err error) bool {
+	var rej rejectedError
+	if !errors.As(err, &rej) {
+		return false
+	}
+	rej.EachRejected(func(ls labels.Labels, t int64, hist bool, nEx int, err error) {
+		// Counted as written on Append; undo that.
+		k := kindSample
+		if hist {
+			k = kindHistogram
+			w.written.Histograms--
+		} else {
+			w.written.Samples--
+		}
+		w.written.Exemplars -= nEx
+		w.refuse(k, reasonOf(err), err, ls, t, nEx)
+	})
+	return true
+}
+
+// reasonOf classifies a refusal reported by a replica.
+func reasonOf(err error) reason {
+	var herr histogram.Error
+	switch {
+	case errors.Is(err, storage.ErrOutOfOrderSample):
+		return reasonOutOfOrder
+	case errors.Is(err, storage.ErrOutOfBounds):
+		return reasonOutOfBounds
+	case errors.Is(err, storage.ErrTooOldSample):
+		return reasonTooOld
+	case errors.Is(err, storage.ErrDuplicateSampleForTimestamp):
+		return reasonDuplicate
+	case errors.As(err, &herr):
+		return reasonInvalidHistogram
+	}
+	return reasonInvalidSeries
 }
 
 func (w *batchWriter) appender() storage.AppenderV2 {
