@@ -1,0 +1,96 @@
+package cluster
+
+import (
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	members          *prometheus.GaugeVec
+	raftState        *prometheus.GaugeVec
+	reconcileActions *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
+	m := &metrics{
+		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kiln_cluster_members",
+			Help: "Gossip members this node knows of, by gossip state (alive, dead, left).",
+		}, []string{"state"}),
+		raftState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kiln_cluster_raft_state",
+			Help: "1 for this node's current Raft state (follower, candidate, leader, shutdown).",
+		}, []string{"state"}),
+		reconcileActions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_cluster_reconciler_actions_total",
+			Help: "Changes the leader's reconciler committed, by action.",
+		}, []string{"action"}),
+	}
+	raftNum := func(f func(r *raft.Raft) float64) func() float64 {
+		return func() float64 {
+			if r := c.raft.Load(); r != nil {
+				return f(r)
+			}
+			return 0
+		}
+	}
+	if reg != nil {
+		reg.MustRegister(m.members, m.raftState, m.reconcileActions,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kiln_cluster_is_leader", Help: "1 if this node is the Raft leader.",
+			}, raftNum(func(r *raft.Raft) float64 {
+				if r.State() == raft.Leader {
+					return 1
+				}
+				return 0
+			})),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kiln_cluster_raft_term", Help: "Current Raft term.",
+			}, raftNum(func(r *raft.Raft) float64 { return float64(r.CurrentTerm()) })),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kiln_cluster_raft_applied_index", Help: "Last Raft index applied to the state machine.",
+			}, raftNum(func(r *raft.Raft) float64 { return float64(r.AppliedIndex()) })),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kiln_cluster_epoch", Help: "Assignment epoch of the ring this node serves.",
+			}, func() float64 { return float64(c.Ring().Epoch()) }),
+		)
+	}
+	for _, s := range []string{"alive", "dead", "left"} {
+		m.members.WithLabelValues(s)
+	}
+	return m
+}
+
+func (m *metrics) setGossip(peers map[string]peer) {
+	counts := map[memberlist.NodeStateType]float64{}
+	for _, p := range peers {
+		counts[p.State]++
+	}
+	m.members.WithLabelValues("alive").Set(counts[memberlist.StateAlive])
+	m.members.WithLabelValues("dead").Set(counts[memberlist.StateDead])
+	m.members.WithLabelValues("left").Set(counts[memberlist.StateLeft])
+}
+
+func (m *metrics) observeRaft(r *raft.Raft) {
+	cur := r.State()
+	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		v := 0.0
+		if s == cur {
+			v = 1
+		}
+		m.raftState.WithLabelValues(stateLabel(s)).Set(v)
+	}
+}
+
+func stateLabel(s raft.RaftState) string {
+	switch s {
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	case raft.Leader:
+		return "leader"
+	}
+	return "shutdown"
+}
