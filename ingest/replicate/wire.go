@@ -594,7 +594,9 @@ func decodeRequest(dec *zstd.Decoder, body []byte) (*request, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := dec.DecodeAll(h.rest, make([]byte, 0, h.size))
+	// The declared size is only trusted as far as the frame could expand
+	// to; DecodeAll grows the buffer if it really is larger.
+	p, err := dec.DecodeAll(h.rest, make([]byte, 0, min(h.size, 32*uint64(len(h.rest))+4096)))
 	if err != nil {
 		return nil, fmt.Errorf("zstd: %v: %w", err, errMalformed)
 	}
