@@ -54,7 +54,10 @@ type Cluster struct {
 	running    atomic.Bool
 	closeOnce  sync.Once
 	closeErr   error
-	lastLeader raft.ServerID
+	// Owned by Run's goroutine.
+	lastLeader    raft.ServerID
+	bootView      string
+	bootViewSince time.Time
 }
 
 // New binds the gossip and Raft ports, opens the Raft store and starts
@@ -98,7 +101,6 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Cluster
 		APIAddr: cfg.APIAddr, RaftAddr: c.raftAddr, Zone: cfg.Zone, HasState: has,
 	}, c.logger)
 	c.metrics = newMetrics(reg, c)
-	c.gossip.onEvent = c.metrics.setGossip
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName

@@ -323,6 +323,7 @@ func TestSingleNodeWithoutPeersIsAClusterOfOneAndRestartsFromDataDir(t *testing.
 	require.Equal(t, []ring.Member{{Name: "solo", Addr: "127.0.0.1:9364"}}, c.Ring().Members())
 	require.Eventually(t, func() bool { return gaugeValue(t, reg, "kiln_cluster_is_leader") == 1 }, waitFor, 20*time.Millisecond)
 	id, epoch := c.State().ClusterID, c.Ring().Epoch()
+	require.Equal(t, float64(epoch), gaugeValue(t, reg, "kiln_cluster_epoch"))
 	stop()
 
 	// Restart on new ports with the same data: Raft state is kept and no new

@@ -42,6 +42,12 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// JoinRetryInterval is the pause between rounds of joining Peers; default 1s.
 	JoinRetryInterval time.Duration
+	// BootstrapSettle is how long the set of visible members must stay the
+	// same before a node with Peers bootstraps, so that gossip views
+	// converge first; default 3 × ReconcileInterval. Nodes without Peers
+	// bootstrap at once.
+	BootstrapSettle time.Duration
+	Now             func() time.Time // default time.Now
 
 	// Test seams; nil = the real network and production timings.
 	RaftTransport   raft.Transport       // e.g. raft.InmemTransport; RaftBindAddr is then ignored
@@ -74,6 +80,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.JoinRetryInterval <= 0 {
 		c.JoinRetryInterval = time.Second
+	}
+	if c.BootstrapSettle <= 0 {
+		c.BootstrapSettle = 3 * c.ReconcileInterval
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return nil
 }
@@ -108,6 +120,7 @@ func isSpecific(host string) bool {
 func FastTimings(c *Config) {
 	c.ReconcileInterval = 100 * time.Millisecond
 	c.JoinRetryInterval = 100 * time.Millisecond
+	c.BootstrapSettle = 300 * time.Millisecond
 	c.GossipTuning = func(m *memberlist.Config) {
 		m.ProbeInterval = 100 * time.Millisecond
 		m.ProbeTimeout = 50 * time.Millisecond

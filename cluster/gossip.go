@@ -73,7 +73,6 @@ type gossipDelegate struct {
 	meta  atomic.Pointer[nodeMeta]
 
 	changed chan struct{} // capacity 1: "something changed, reconcile"
-	onEvent func(peers map[string]peer)
 }
 
 func newGossipDelegate(self string, meta nodeMeta, logger *slog.Logger) *gossipDelegate {
@@ -107,9 +106,6 @@ func (d *gossipDelegate) update(n *memberlist.Node, state memberlist.NodeStateTy
 		}
 	case prev.alive() && !p.alive():
 		d.logger.Warn("gossip member gone", "member", n.Name, "state", stateName(state))
-	}
-	if d.onEvent != nil {
-		d.onEvent(next)
 	}
 	select {
 	case d.changed <- struct{}{}:

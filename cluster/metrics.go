@@ -16,7 +16,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	m := &metrics{
 		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kiln_cluster_members",
-			Help: "Gossip members this node knows of, by gossip state (alive, dead, left).",
+			Help: "Gossip members this node knows of, by gossip state (alive, suspect, dead, left).",
 		}, []string{"state"}),
 		raftState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kiln_cluster_raft_state",
@@ -56,20 +56,25 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 			}, func() float64 { return float64(c.Ring().Epoch()) }),
 		)
 	}
-	for _, s := range []string{"alive", "dead", "left"} {
-		m.members.WithLabelValues(s)
-	}
 	return m
 }
 
-func (m *metrics) setGossip(peers map[string]peer) {
+// observeGossip counts members by state; suspicion is not an event, so the
+// live list from memberlist tells which alive members are suspect.
+func (m *metrics) observeGossip(peers map[string]peer, live []*memberlist.Node) {
 	counts := map[memberlist.NodeStateType]float64{}
 	for _, p := range peers {
 		counts[p.State]++
 	}
-	m.members.WithLabelValues("alive").Set(counts[memberlist.StateAlive])
-	m.members.WithLabelValues("dead").Set(counts[memberlist.StateDead])
-	m.members.WithLabelValues("left").Set(counts[memberlist.StateLeft])
+	for _, n := range live {
+		if n.State == memberlist.StateSuspect {
+			counts[memberlist.StateSuspect]++
+			counts[memberlist.StateAlive]--
+		}
+	}
+	for _, s := range []memberlist.NodeStateType{memberlist.StateAlive, memberlist.StateSuspect, memberlist.StateDead, memberlist.StateLeft} {
+		m.members.WithLabelValues(stateName(s)).Set(max(counts[s], 0))
+	}
 }
 
 func (m *metrics) observeRaft(r *raft.Raft) {

@@ -121,6 +121,7 @@ func (c *Cluster) step(r *raft.Raft) {
 		c.logger.Info("raft leader changed", "leader", string(leader), "term", r.CurrentTerm(), "self_is_leader", leader == raft.ServerID(c.cfg.NodeName))
 	}
 	c.metrics.observeRaft(r)
+	c.metrics.observeGossip(c.gossip.peerMap(), c.ml.Members())
 	if r.State() == raft.Leader {
 		c.reconcile(r)
 	}
@@ -143,8 +144,10 @@ func (c *Cluster) markHasState() {
 
 // maybeBootstrap bootstraps a new cluster when it is safe: gossip joined, no
 // visible member has Raft state, at least BootstrapExpect members are visible
-// and this node is one of the BootstrapExpect lowest-named of them. Every
-// such node computes the same configuration, which Raft accepts from each.
+// (and, with Peers, have stayed the same for BootstrapSettle, so partial
+// views after a join have converged) and this node is one of the
+// BootstrapExpect lowest-named of them. Every such node computes the same
+// configuration, which Raft accepts from each.
 func (c *Cluster) maybeBootstrap(r *raft.Raft) {
 	if !c.joined.Load() {
 		return
@@ -164,6 +167,20 @@ func (c *Cluster) maybeBootstrap(r *raft.Raft) {
 		return
 	}
 	slices.SortFunc(visible, func(a, b cand) int { return strings.Compare(a.name, b.name) })
+	if len(c.cfg.Peers) > 0 {
+		var key strings.Builder
+		for _, v := range visible {
+			key.WriteString(v.name + "\x00" + v.raftAddr + "\x00")
+		}
+		now := c.cfg.Now()
+		if key.String() != c.bootView {
+			c.bootView, c.bootViewSince = key.String(), now
+			return
+		}
+		if now.Sub(c.bootViewSince) < c.cfg.BootstrapSettle {
+			return
+		}
+	}
 	chosen := visible[:c.cfg.BootstrapExpect]
 	if !slices.ContainsFunc(chosen, func(x cand) bool { return x.name == c.cfg.NodeName }) {
 		return
