@@ -39,21 +39,21 @@ type Cluster struct {
 	ml         *memberlist.Memberlist
 	gossipAddr string
 
-	raftConf   *raft.Config
-	raftTrans  raft.Transport
-	raftAddr   string
-	logs       raft.LogStore
-	stable     raft.StableStore
-	snaps      raft.SnapshotStore
-	store      io.Closer // the badger store, nil in memory
-	fsm        *fsm
-	raft       atomic.Pointer[raft.Raft]
-	hasState   atomic.Bool
-	joined     atomic.Bool
-	ring       atomic.Pointer[ring.Ring]
-	running    atomic.Bool
-	closeOnce  sync.Once
-	closeErr   error
+	raftConf  *raft.Config
+	raftTrans raft.Transport
+	raftAddr  string
+	logs      raft.LogStore
+	stable    raft.StableStore
+	snaps     raft.SnapshotStore
+	store     io.Closer // the badger store, nil in memory
+	fsm       *fsm
+	raft      atomic.Pointer[raft.Raft]
+	hasState  atomic.Bool
+	joined    atomic.Bool
+	ring      atomic.Pointer[ring.Ring]
+	running   atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
 	// Owned by Run's goroutine.
 	lastLeader    raft.ServerID
 	bootView      string
