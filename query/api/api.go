@@ -24,8 +24,10 @@
 // Partial responses: warnings are promql annotations. A fan-out querier can
 // already surface per-node failures through SeriesSet.Warnings (the engine
 // forwards them); handlers collect everything into apiFuncResult.warnings,
-// the single place where a future partial_response parameter will append its
-// own warning.
+// where the fan-out's missing-partition warning arrives. The
+// partial_response parameter (true/false, on every JSON endpoint and
+// /federate) goes into the request context for the fan-out to read
+// (fanout.WithPartialResponse); without it the fan-out's default applies.
 package api
 
 import (
@@ -414,6 +416,10 @@ func (a *API) jsonHandler(f apiFunc) fasthttp.RequestHandler {
 		defer cancel()
 		r := &request{fctx: fctx, ctx: ctx}
 
+		if err := r.partialResponse(); err != nil {
+			a.respondError(fctx, &apiError{errorBadData, err}, nil)
+			return
+		}
 		res := a.callRecovering(f, r)
 		if res.finalizer != nil {
 			defer res.finalizer()

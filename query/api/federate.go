@@ -43,6 +43,11 @@ func (a *API) federate(fctx *fasthttp.RequestCtx) {
 	ctx, cancel := context.WithCancel(a.baseCtx)
 	defer cancel()
 	r := &request{fctx: fctx, ctx: ctx}
+	if err := r.partialResponse(); err != nil {
+		fctx.Error(err.Error(), fasthttp.StatusBadRequest)
+		return
+	}
+	ctx = r.ctx
 
 	matcherSets, err := a.parser.ParseMetricSelectors(r.formValues("match[]"))
 	if err != nil {

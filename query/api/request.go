@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/valyala/fasthttp"
+
+	"github.com/kilnhq/kiln/query/fanout"
 )
 
 // request gives handlers net/http-like form access over a fasthttp request.
@@ -181,4 +183,19 @@ func hasNonEmptyMatcher(set []*labels.Matcher) bool {
 		}
 	}
 	return false
+}
+
+// partialResponse reads the partial_response parameter into the request
+// context. Absent, the storage's default applies.
+func (r *request) partialResponse() error {
+	v := r.formValue("partial_response")
+	if v == "" {
+		return nil
+	}
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("invalid parameter %q: cannot parse %q as a boolean", "partial_response", v)
+	}
+	r.ctx = fanout.WithPartialResponse(r.ctx, on)
+	return nil
 }

@@ -1,0 +1,43 @@
+package fanout
+
+import (
+	"context"
+	"testing"
+
+	"github.com/prometheus/prometheus/storage"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kilnhq/kiln/cluster/ring"
+)
+
+// BenchmarkQueryNonOwner compares a PromQL range query answered by the local
+// shard with the same query through a node that owns none of the data, so
+// that every series crosses the network.
+func BenchmarkQueryNonOwner(b *testing.B) {
+	c := newCluster(b, 2, 1, Config{Timeout: 10_000_000_000})
+	// A ring of n1 alone: n0 is a member of no assignment and reads all
+	// from n1. The reference DB holds the same data locally.
+	r, err := ring.New([]ring.Member{{Name: "n1", Addr: c.nodes[1].ln.Addr().String()}}, 1, 2)
+	require.NoError(b, err)
+	c.ring = r
+	for _, nd := range c.nodes {
+		nd.topo.mu.Lock()
+		nd.topo.r = r
+		nd.topo.mu.Unlock()
+	}
+	c.load(b, 400)
+	ctx := context.Background()
+	eng := newEngine()
+	for _, bc := range []struct {
+		name string
+		q    storage.Queryable
+	}{{"local", c.nodes[1].db}, {"non-owner", c.nodes[0].q}, {"local-again", c.nodes[1].db}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_, err := runPromQL(b, ctx, eng, bc.q, promqlCases[0])
+				require.NoError(b, err)
+			}
+		})
+	}
+}
