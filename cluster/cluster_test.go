@@ -377,3 +377,68 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s not registered", name)
 	return 0
 }
+
+func TestSevenMembersHaveFiveVoters(t *testing.T) {
+	n := newTestNet(t)
+	var cs []*Cluster
+	for i := 1; i <= 7; i++ {
+		cs = append(cs, n.node(fmt.Sprintf("n%d", i), nil, cs...))
+	}
+	for _, c := range cs {
+		run(t, c)
+	}
+	require.Eventually(t, func() bool { return converged(7, cs...) }, waitFor, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		ls := leaders(cs...)
+		if len(ls) != 1 {
+			return false
+		}
+		count := map[raft.ServerSuffrage]int{}
+		for _, s := range voters(ls[0]) {
+			count[s]++
+		}
+		return count[raft.Voter] == 5 && count[raft.Nonvoter] == 2
+	}, waitFor, 20*time.Millisecond)
+}
+
+func TestRestartedMemberWithNewAddressesIsUpdated(t *testing.T) {
+	mk := func(name, api string, peers ...string) *Cluster {
+		cfg := Config{NodeName: name, ClusterName: "test", BindAddr: "127.0.0.1:0", APIAddr: api, Peers: peers}
+		FastTimings(&cfg)
+		c, err := New(cfg, nil, nil)
+		require.NoError(t, err)
+		return c
+	}
+	a := mk("a", "127.0.0.1:1001")
+	b := mk("b", "127.0.0.1:1002", a.GossipAddr())
+	c := mk("c", "127.0.0.1:1003", a.GossipAddr())
+	run(t, a)
+	run(t, b)
+	stopC := run(t, c)
+	require.Eventually(t, func() bool {
+		return converged(3, a, b, c) && len(leaders(a, b, c)) == 1 && voters(leaders(a, b, c)[0])["c"] == raft.Voter
+	}, waitFor, 20*time.Millisecond)
+	epoch := a.Ring().Epoch()
+	stopC()
+
+	// c comes back without its Raft state, on new ports and a new API address.
+	c2 := mk("c", "127.0.0.1:2003", b.GossipAddr())
+	run(t, c2)
+	require.Eventually(t, func() bool {
+		m, _ := a.Ring().Member("c")
+		return converged(3, a, b, c2) && m.Addr == "127.0.0.1:2003"
+	}, waitFor, 20*time.Millisecond)
+	require.Greater(t, c2.Ring().Epoch(), epoch)
+	require.Eventually(t, func() bool {
+		ls := leaders(a, b, c2)
+		if len(ls) != 1 {
+			return false
+		}
+		for _, s := range ls[0].raft.Load().GetConfiguration().Configuration().Servers {
+			if s.ID == "c" {
+				return string(s.Address) == c2.RaftAddr() && s.Suffrage == raft.Voter
+			}
+		}
+		return false
+	}, waitFor, 20*time.Millisecond)
+}
