@@ -327,7 +327,10 @@ func (c *Cluster) Apply(ctx context.Context, t CommandType, payload any) error {
 	}
 	timeout := raftTimeout
 	if d, ok := ctx.Deadline(); ok {
-		timeout = time.Until(d)
+		// Raft reads a zero timeout as "wait forever".
+		if timeout = time.Until(d); timeout <= 0 {
+			return ctx.Err()
+		}
 	}
 	f := r.Apply(data, timeout)
 	if err := f.Error(); err != nil {

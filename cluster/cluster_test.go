@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -349,10 +350,28 @@ func TestTwoNodesOverTheRealNetwork(t *testing.T) {
 	}
 	a := mk("a")
 	b := mk("b", a.GossipAddr())
+	// A later feature's command, registered identically on every node.
+	setRF := func(s *State, p json.RawMessage) error { return json.Unmarshal(p, &s.ReplicationFactor) }
+	a.RegisterHandler("set_rf", setRF)
+	b.RegisterHandler("set_rf", setRF)
 	run(t, a)
 	run(t, b)
 	require.Eventually(t, func() bool { return converged(2, a, b) }, waitFor, 20*time.Millisecond)
 	require.Eventually(t, func() bool { return len(voters(a)) == 2 && voters(a)["b"] == raft.Voter }, waitFor, 20*time.Millisecond)
+
+	require.Equal(t, 2, b.Ring().RF())
+	require.Len(t, leaders(a, b), 1)
+	leader, follower := a, b
+	if leaders(a, b)[0] == b {
+		leader, follower = b, a
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.ErrorIs(t, follower.Apply(ctx, "set_rf", 1), ErrNotLeader)
+	require.ErrorIs(t, leader.Apply(ctx, "no_such", 1), ErrUnknownCommand)
+	require.NoError(t, leader.Apply(ctx, "set_rf", 1))
+	require.Equal(t, 1, leader.Ring().RF(), "the leader's ring is rebuilt before Apply returns")
+	require.Eventually(t, func() bool { return follower.Ring().RF() == 1 }, waitFor, 20*time.Millisecond)
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
