@@ -34,7 +34,9 @@ func (q *Queryable) Handle(fctx *fasthttp.RequestCtx) {
 		fctx.Error(err.Error(), fasthttp.StatusBadRequest)
 		return
 	}
-	var ctx context.Context = fctx
+	// Not fctx as parent: fasthttp's RequestCtx.Done races with Server
+	// Shutdown. The caller's deadline bounds the work instead.
+	ctx := context.Background()
 	if req.timeoutMS > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.timeoutMS)*time.Millisecond)
