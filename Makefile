@@ -35,7 +35,7 @@ GOLANGCI_LINT         := $(GO) run github.com/golangci/golangci-lint/v2/cmd/gola
 IMAGE     ?= kiln
 DOCKER_CONTEXT := bin/docker-context
 
-.PHONY: all build run test test-short bench fuzz lint docker clean
+.PHONY: all build run cluster test test-short bench fuzz lint docker clean
 
 all: build
 
@@ -44,6 +44,21 @@ build:
 
 run: build
 	./$(BIN) --storage.path=./data
+
+# Three local nodes on 127.0.0.1 (API 9364/9374/9384, gossip one port
+# above, Raft gossip + 1000), data in ./cluster-data. Ctrl-C reaches all
+# three (one foreground process group) and each shuts down cleanly.
+CLUSTER_FLAGS ?=
+cluster: build
+	@mkdir -p cluster-data
+	@trap 'wait' INT TERM; \
+	./$(BIN) --storage.path=./cluster-data/node-1 --cluster.node-name=node-1 \
+		--web.listen-address=127.0.0.1:9364 --cluster.listen-address=127.0.0.1:9365 $(CLUSTER_FLAGS) & \
+	./$(BIN) --storage.path=./cluster-data/node-2 --cluster.node-name=node-2 \
+		--web.listen-address=127.0.0.1:9374 --cluster.listen-address=127.0.0.1:9375 --cluster.peer=127.0.0.1:9365 $(CLUSTER_FLAGS) & \
+	./$(BIN) --storage.path=./cluster-data/node-3 --cluster.node-name=node-3 \
+		--web.listen-address=127.0.0.1:9384 --cluster.listen-address=127.0.0.1:9385 --cluster.peer=127.0.0.1:9365 $(CLUSTER_FLAGS) & \
+	wait
 
 # vet first, so that the output ends with go test's summary.
 test:

@@ -35,6 +35,14 @@ const (
 	// Kiln and a Prometheus server can run side by side on one host, for
 	// example while a Prometheus setup is being migrated.
 	DefaultListenAddress = "0.0.0.0:9364"
+
+	// DefaultClusterListenAddress is the gossip port (TCP and UDP), next to
+	// the API's. Raft listens on this port + 1000 unless told otherwise.
+	DefaultClusterListenAddress = "0.0.0.0:9365"
+	DefaultClusterName          = "kiln"
+	DefaultBootstrapExpect      = 1
+	DefaultReplicationFactor    = 3
+	DefaultWriteConsistency     = "quorum"
 )
 
 // Flag names, shared by the flag set, the precedence rules and Flags.
@@ -51,12 +59,48 @@ const (
 	flagLogLevel            = "log.level"
 	flagLogFormat           = "log.format"
 	flagVersion             = "version"
+
+	flagClusterNodeName         = "cluster.node-name"
+	flagClusterName             = "cluster.name"
+	flagClusterListenAddress    = "cluster.listen-address"
+	flagClusterAdvertiseAddress = "cluster.advertise-address"
+	flagClusterPeer             = "cluster.peer"
+	flagClusterZone             = "cluster.zone"
+	flagClusterRaftAddress      = "cluster.raft-address"
+	flagClusterAPIAddress       = "cluster.api-advertise-address"
+	flagBootstrapExpect         = "cluster.bootstrap-expect"
+	flagReplicationFactor       = "cluster.replication-factor"
+	flagWriteConsistency        = "cluster.write-consistency"
+	flagPartialResponse         = "query.partial-response"
 )
 
 var (
-	logLevels  = []string{"debug", "info", "warn", "error"}
-	logFormats = []string{"logfmt", "json"}
+	logLevels         = []string{"debug", "info", "warn", "error"}
+	logFormats        = []string{"logfmt", "json"}
+	writeConsistences = []string{"one", "quorum", "all"}
 )
+
+// ClusterConfig holds the cluster flags. A node started without peers is a
+// cluster of one: the same code path, with a ring of one member.
+type ClusterConfig struct {
+	// NodeName is this node's stable name; empty means the name kept in the
+	// storage directory, or a new one made from the host name.
+	NodeName         string
+	Name             string
+	ListenAddress    string
+	AdvertiseAddress string
+	Peers            []string
+	Zone             string
+	// RaftAddress is empty for the derived default: the gossip host with
+	// the gossip port + 1000.
+	RaftAddress string
+	// APIAdvertiseAddress is the HTTP address peers use; empty derives it
+	// from --web.listen-address and the gossip advertise host.
+	APIAdvertiseAddress string
+	BootstrapExpect     int
+	ReplicationFactor   int
+	WriteConsistency    string
+}
 
 // Config is the complete configuration of one Kiln process: the flags, and
 // the configuration file they point to.
@@ -74,6 +118,11 @@ type Config struct {
 	// MaxRequestBytes bounds the body of a request, such as a remote-write
 	// batch, before it is decompressed.
 	MaxRequestBytes int64
+	// PartialResponse is the default of the partial_response query
+	// parameter: answer with what live nodes hold, plus a warning.
+	PartialResponse bool
+
+	Cluster ClusterConfig
 
 	// PrintVersion is set by --version. ParseFlags then returns at once,
 	// without validating the other flags or reading the configuration file.
@@ -117,6 +166,13 @@ func defaultFlags() Config {
 		LogLevel:            DefaultLogLevel,
 		LogFormat:           DefaultLogFormat,
 		MaxRequestBytes:     DefaultMaxRequestBytes,
+		Cluster: ClusterConfig{
+			Name:              DefaultClusterName,
+			ListenAddress:     DefaultClusterListenAddress,
+			BootstrapExpect:   DefaultBootstrapExpect,
+			ReplicationFactor: DefaultReplicationFactor,
+			WriteConsistency:  DefaultWriteConsistency,
+		},
 	}
 }
 
@@ -253,6 +309,38 @@ func (c Config) Validate() error {
 	if !slices.Contains(logFormats, c.LogFormat) {
 		bad(flagLogFormat, "%q is not one of %s", c.LogFormat, strings.Join(logFormats, "|"))
 	}
+	cl := c.Cluster
+	if cl.Name == "" {
+		bad(flagClusterName, "must not be empty")
+	}
+	if err := checkListenAddress(cl.ListenAddress); err != nil {
+		bad(flagClusterListenAddress, "%v", err)
+	}
+	for name, addr := range map[string]string{
+		flagClusterAdvertiseAddress: cl.AdvertiseAddress,
+		flagClusterRaftAddress:      cl.RaftAddress,
+		flagClusterAPIAddress:       cl.APIAdvertiseAddress,
+	} {
+		if addr != "" {
+			if err := checkListenAddress(addr); err != nil {
+				bad(name, "%v", err)
+			}
+		}
+	}
+	for _, p := range cl.Peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			bad(flagClusterPeer, "%q is not host:port: %v", p, err)
+		}
+	}
+	if cl.BootstrapExpect < 1 {
+		bad(flagBootstrapExpect, "must be at least 1, got %d", cl.BootstrapExpect)
+	}
+	if cl.ReplicationFactor < 1 {
+		bad(flagReplicationFactor, "must be at least 1, got %d", cl.ReplicationFactor)
+	}
+	if !slices.Contains(writeConsistences, cl.WriteConsistency) {
+		bad(flagWriteConsistency, "%q is not one of %s", cl.WriteConsistency, strings.Join(writeConsistences, "|"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -345,6 +433,31 @@ func (c *Config) flagSet() *flag.FlagSet {
 		"Only log messages at or above this level: "+strings.Join(logLevels, "|")+".")
 	fs.Var(enumValue{&c.LogFormat, logFormats}, flagLogFormat,
 		"Log format: "+strings.Join(logFormats, "|")+".")
+	fs.BoolVar(&c.PartialResponse, flagPartialResponse, c.PartialResponse,
+		"Default of the partial_response query parameter: when some partition has no live replica, answer with the data that is there and a warning instead of an error.")
+	cl := &c.Cluster
+	fs.StringVar(&cl.NodeName, flagClusterNodeName, cl.NodeName,
+		"This node's unique, stable name. Default: the name kept in --storage.path, or <hostname>-<random> on first start.")
+	fs.StringVar(&cl.Name, flagClusterName, cl.Name,
+		"Name of the cluster; gossip from nodes of another cluster is refused.")
+	fs.StringVar(&cl.ListenAddress, flagClusterListenAddress, cl.ListenAddress,
+		"Gossip address (TCP and UDP).")
+	fs.StringVar(&cl.AdvertiseAddress, flagClusterAdvertiseAddress, cl.AdvertiseAddress,
+		"Gossip address peers use to reach this node. Default: detected from --cluster.listen-address.")
+	fs.Var(stringsValue{&cl.Peers}, flagClusterPeer,
+		"Gossip address (host:port) of a member to join; repeatable. Any one live member is enough. None: a new cluster of one.")
+	fs.StringVar(&cl.Zone, flagClusterZone, cl.Zone,
+		"Failure domain of this node; replicas of a partition go to distinct zones when zones are set.")
+	fs.StringVar(&cl.RaftAddress, flagClusterRaftAddress, cl.RaftAddress,
+		"Raft address. Default: the gossip host, gossip port + 1000.")
+	fs.StringVar(&cl.APIAdvertiseAddress, flagClusterAPIAddress, cl.APIAdvertiseAddress,
+		"HTTP address peers use for internal RPC. Default: --web.listen-address, with the gossip advertise host when it listens on all interfaces.")
+	fs.IntVar(&cl.BootstrapExpect, flagBootstrapExpect, cl.BootstrapExpect,
+		"Number of members to wait for before a new cluster bootstraps Raft.")
+	fs.IntVar(&cl.ReplicationFactor, flagReplicationFactor, cl.ReplicationFactor,
+		"Copies of each partition (capped by the number of nodes). Set when the cluster is created.")
+	fs.Var(enumValue{&cl.WriteConsistency, writeConsistences}, flagWriteConsistency,
+		"Owners that must durably accept a write before it is acknowledged: one|quorum (floor(RF/2)+1)|all.")
 	fs.BoolVar(&c.PrintVersion, flagVersion, c.PrintVersion,
 		"Print version information and exit.")
 	return fs
@@ -403,6 +516,25 @@ func (v bytesValue) Set(s string) error {
 		return fmt.Errorf("not a size like 64MiB: %w", err)
 	}
 	*v.p = int64(n)
+	return nil
+}
+
+// stringsValue is a repeatable string flag; a comma also separates values.
+type stringsValue struct{ p *[]string }
+
+func (v stringsValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, ",")
+}
+
+func (v stringsValue) Set(s string) error {
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			*v.p = append(*v.p, e)
+		}
+	}
 	return nil
 }
 

@@ -125,6 +125,54 @@ func TestParseFlagsHelp(t *testing.T) {
 	require.Contains(t, buf.String(), "--version\n")
 }
 
+func TestClusterFlags(t *testing.T) {
+	c, err := ParseFlags([]string{
+		"--cluster.peer=10.0.0.1:9365", "--cluster.peer=10.0.0.2:9365,10.0.0.3:9365",
+		"--cluster.replication-factor=2", "--cluster.write-consistency=all", "--cluster.zone=eu-1a",
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{"10.0.0.1:9365", "10.0.0.2:9365", "10.0.0.3:9365"}, c.Cluster.Peers)
+	require.Equal(t, 2, c.Cluster.ReplicationFactor)
+	require.Equal(t, "all", c.Cluster.WriteConsistency)
+	require.Equal(t, "eu-1a", c.Cluster.Zone)
+
+	for _, tc := range []struct{ arg, want string }{
+		{"--cluster.write-consistency=most", "--cluster.write-consistency"},
+		{"--cluster.replication-factor=0", "--cluster.replication-factor: must be at least 1"},
+		{"--cluster.bootstrap-expect=0", "--cluster.bootstrap-expect: must be at least 1"},
+		{"--cluster.peer=nohost", "--cluster.peer"},
+		{"--cluster.listen-address=:99999", "--cluster.listen-address"},
+		{"--cluster.name=", "--cluster.name: must not be empty"},
+	} {
+		_, err := ParseFlags([]string{tc.arg})
+		require.ErrorContains(t, err, tc.want, tc.arg)
+	}
+}
+
+func TestResolveNodeName(t *testing.T) {
+	dir := t.TempDir()
+	name, err := resolveNodeName("", dir)
+	require.NoError(t, err)
+	require.NotEmpty(t, name)
+	again, err := resolveNodeName("", dir)
+	require.NoError(t, err)
+	require.Equal(t, name, again, "a restarted node keeps its name")
+	_, err = resolveNodeName("other", dir)
+	require.ErrorContains(t, err, "keeps its name")
+	named, err := resolveNodeName("n1", t.TempDir())
+	require.NoError(t, err)
+	require.Equal(t, "n1", named)
+}
+
+func TestAPIAdvertiseAddr(t *testing.T) {
+	cl := ClusterConfig{ListenAddress: "10.1.2.3:9365"}
+	require.Equal(t, "10.1.2.3:9364", apiAdvertiseAddr("", "0.0.0.0:9364", cl))
+	require.Equal(t, "127.0.0.5:9364", apiAdvertiseAddr("", "127.0.0.5:9364", cl))
+	require.Equal(t, "kiln-1:80", apiAdvertiseAddr("kiln-1:80", "0.0.0.0:9364", cl))
+	cl.AdvertiseAddress = "192.0.2.7:9365"
+	require.Equal(t, "192.0.2.7:9364", apiAdvertiseAddr("", "[::]:9364", cl))
+}
+
 func TestFlags(t *testing.T) {
 	c, err := ParseFlags(nil)
 	require.NoError(t, err)
@@ -140,6 +188,19 @@ func TestFlags(t *testing.T) {
 		"query.lookback-delta":   "5m",
 		"log.level":              "info",
 		"log.format":             "logfmt",
+		"query.partial-response": "false",
+
+		"cluster.node-name":             "",
+		"cluster.name":                  "kiln",
+		"cluster.listen-address":        "0.0.0.0:9365",
+		"cluster.advertise-address":     "",
+		"cluster.peer":                  "",
+		"cluster.zone":                  "",
+		"cluster.raft-address":          "",
+		"cluster.api-advertise-address": "",
+		"cluster.bootstrap-expect":      "1",
+		"cluster.replication-factor":    "3",
+		"cluster.write-consistency":     "quorum",
 	}, c.Flags())
 
 	// The values Flags shows parse back into the same settings.

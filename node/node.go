@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -18,9 +20,12 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kilnhq/kiln/cluster"
 	"github.com/kilnhq/kiln/ingest/remotewrite"
+	"github.com/kilnhq/kiln/ingest/replicate"
 	"github.com/kilnhq/kiln/ingest/scrape"
 	"github.com/kilnhq/kiln/query/api"
+	"github.com/kilnhq/kiln/query/fanout"
 	"github.com/kilnhq/kiln/shard"
 )
 
@@ -33,13 +38,16 @@ var (
 	BuildDate = "unknown"
 )
 
-// Node is one running Kiln process: storage, ingest, query API and scraping
-// behind one HTTP listener.
+// Node is one running Kiln process: storage, cluster membership, ingest,
+// query API and scraping behind one HTTP listener.
 type Node struct {
 	cfg     Config
 	logger  *slog.Logger
 	reg     *prometheus.Registry
 	db      *shard.DB
+	cluster *cluster.Cluster
+	writer  *replicate.Writer
+	reads   *fanout.Queryable
 	api     *api.API
 	rw      *remotewrite.Handler
 	scraper *scrape.Scraper
@@ -84,15 +92,63 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, errors.Join(err, ln.Close())
 	}
-	if err := n.build(); err != nil {
+	if err := n.joinCluster(); err != nil {
 		return nil, errors.Join(err, n.db.Close(), ln.Close())
+	}
+	if err := n.build(); err != nil {
+		return nil, errors.Join(err, n.cluster.Close(), n.db.Close(), ln.Close())
 	}
 	return n, nil
 }
 
+// joinCluster creates this node's cluster member (gossip and Raft bound,
+// not yet running).
+func (n *Node) joinCluster() error {
+	cl := n.cfg.Cluster
+	name, err := resolveNodeName(cl.NodeName, n.cfg.StoragePath)
+	if err != nil {
+		return err
+	}
+	ccfg := cluster.Config{
+		NodeName:          name,
+		ClusterName:       cl.Name,
+		BindAddr:          cl.ListenAddress,
+		AdvertiseAddr:     cl.AdvertiseAddress,
+		Peers:             cl.Peers,
+		RaftBindAddr:      cl.RaftAddress,
+		Zone:              cl.Zone,
+		BootstrapExpect:   cl.BootstrapExpect,
+		ReplicationFactor: cl.ReplicationFactor,
+		DataDir:           filepath.Join(n.cfg.StoragePath, "cluster"),
+	}
+	ccfg.APIAddr = apiAdvertiseAddr(cl.APIAdvertiseAddress, n.ln.Addr().String(), cl)
+	n.cluster, err = cluster.New(ccfg, n.reg, n.logger.With("component", "cluster"))
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	n.logger.Info("cluster member created", "name", name, "gossip", n.cluster.GossipAddr(), "raft", n.cluster.RaftAddr(), "api", ccfg.APIAddr)
+	return nil
+}
+
 func (n *Node) build() error {
 	var err error
-	n.rw, err = remotewrite.New(remotewrite.Config{}, n.db, n.reg, n.logger.With("component", "remotewrite"))
+	cl := n.cfg.Cluster
+	n.writer, err = replicate.New(replicate.Config{
+		WriteConsistency: cl.WriteConsistency,
+		HintsDir:         filepath.Join(n.cfg.StoragePath, "hints"),
+	}, n.cluster, n.db, n.reg, n.logger.With("component", "replicate"))
+	if err != nil {
+		return err
+	}
+	n.reads, err = fanout.New(fanout.Config{
+		WriteConsistency: cl.WriteConsistency,
+		Timeout:          n.cfg.QueryTimeout,
+		PartialResponse:  n.cfg.PartialResponse,
+	}, n.cluster, n.db, n.reg, n.logger.With("component", "fanout"))
+	if err != nil {
+		return err
+	}
+	n.rw, err = remotewrite.New(remotewrite.Config{}, n.writer, n.reg, n.logger.With("component", "remotewrite"))
 	if err != nil {
 		return err
 	}
@@ -102,12 +158,12 @@ func (n *Node) build() error {
 		MaxConcurrency: n.cfg.QueryMaxConcurrency,
 		LookbackDelta:  n.cfg.LookbackDelta,
 	}, api.Deps{
-		Queryable: n.db,
+		Queryable: n.reads,
 		Exemplars: n.db,
-		Metadata:  n.db,
+		Metadata:  n.reads,
 		Stats:     statsSource{n.db},
 		Gatherer:  n.reg,
-		Ready:     n.ready.Load,
+		Ready:     func() bool { return n.ready.Load() && n.cluster.Ready() },
 		BuildInfo: api.BuildInfo{
 			Version: Version, Revision: Revision, Branch: Branch,
 			BuildUser: BuildUser, BuildDate: BuildDate, GoVersion: runtime.Version(),
@@ -120,7 +176,7 @@ func (n *Node) build() error {
 	if err != nil {
 		return err
 	}
-	n.scraper, err = scrape.New(scrape.Config{Prom: n.cfg.Prom}, n.db, n.reg, n.logger.With("component", "scrape"))
+	n.scraper, err = scrape.New(scrape.Config{Prom: n.cfg.Prom}, n.writer, n.reg, n.logger.With("component", "scrape"))
 	if err != nil {
 		return err
 	}
@@ -136,11 +192,19 @@ func (n *Node) build() error {
 	return nil
 }
 
-// route serves what the query API does not: remote write, and 404.
+// route serves what the query API does not: remote write, the cluster
+// status, internal RPC between nodes, and 404.
 func (n *Node) route(ctx *fasthttp.RequestCtx) {
-	switch string(ctx.Path()) {
-	case "/api/v1/write":
+	path := string(ctx.Path())
+	switch {
+	case path == "/api/v1/write":
 		n.rw.Handle(ctx)
+	case path == "/api/v1/status/cluster":
+		n.serveClusterStatus(ctx)
+	case path == replicate.WritePath:
+		n.writer.Handle(ctx)
+	case strings.HasPrefix(path, "/internal/v1/"):
+		n.reads.Handle(ctx)
 	default:
 		ctx.Error("404 page not found", fasthttp.StatusNotFound)
 	}
@@ -164,6 +228,13 @@ func (n *Node) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return n.scraper.Run(gctx) })
+	// The cluster and the hint replay stop after the HTTP server: a leaving
+	// node still answers its peers' RPCs while it drains.
+	clusterCtx, stopCluster := context.WithCancel(context.Background())
+	defer stopCluster()
+	cg, _ := errgroup.WithContext(clusterCtx)
+	cg.Go(func() error { return n.cluster.Run(clusterCtx) })
+	cg.Go(func() error { return n.writer.Run(clusterCtx) })
 	n.ready.Store(true)
 	n.logger.Info("kiln is ready", "listen", n.Addr(), "storage", n.cfg.StoragePath, "version", Version,
 		"startup", time.Since(n.start).Round(time.Millisecond))
@@ -172,7 +243,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.logger.Info("shutting down")
 	shutdownErr := n.srv.ShutdownWithContext(context.Background())
 	err := g.Wait()
-	return errors.Join(err, shutdownErr, n.api.Close(), n.db.Close())
+	stopCluster()
+	clusterErr := cg.Wait()
+	return errors.Join(err, shutdownErr, clusterErr, n.api.Close(), n.writer.Close(), n.cluster.Close(), n.db.Close())
 }
 
 // statsSource adapts shard statistics to the API's /status/tsdb shape.
@@ -202,3 +275,39 @@ func (s statsSource) TSDBStatus(_ context.Context, limit int) (api.TSDBStatus, e
 type fasthttpLogger struct{ l *slog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug(fmt.Sprintf(format, args...)) }
+
+// clusterStatus is /api/v1/status/cluster: the cluster's view plus this
+// node's hinted-handoff backlog per peer.
+type clusterStatus struct {
+	cluster.Status
+	Handoff map[string]handoffStatus `json:"handoff"`
+}
+
+type handoffStatus struct {
+	Hints         int     `json:"hints"`
+	Bytes         int64   `json:"bytes"`
+	OldestSeconds float64 `json:"oldest_seconds"`
+}
+
+func (n *Node) serveClusterStatus(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	if !ctx.IsGet() && !ctx.IsHead() {
+		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
+		ctx.SetBodyString(`{"status":"error","errorType":"bad_data","error":"method not allowed"}`)
+		return
+	}
+	st := clusterStatus{Status: n.cluster.Status(), Handoff: map[string]handoffStatus{}}
+	for peer, b := range n.writer.Backlog() {
+		st.Handoff[peer] = handoffStatus{Hints: b.Hints, Bytes: b.Bytes, OldestSeconds: b.OldestAge.Seconds()}
+	}
+	body, err := json.Marshal(struct {
+		Status string        `json:"status"`
+		Data   clusterStatus `json:"data"`
+	}{"success", st})
+	if err != nil {
+		ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+		ctx.SetBodyString(`{"status":"error","errorType":"internal","error":"encode cluster status"}`)
+		return
+	}
+	ctx.SetBody(body)
+}

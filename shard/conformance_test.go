@@ -1,19 +1,13 @@
 package shard_test
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/prometheus/promql/promqltest"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kilnhq/kiln/query/conformance"
 	"github.com/kilnhq/kiln/shard"
 )
 
@@ -22,114 +16,14 @@ import (
 // KILN_CONFORMANCE_ALL=1 to run them too.
 var knownFailures = map[string]string{}
 
-// block is one command of a promqltest script with its body lines.
-type block struct {
-	line int // 1-based line of the command
-	text string
-	kind string // load, clear or eval
-}
-
-// splitScript splits a promqltest script into commands the way its parser
-// does: a command runs until the first blank or comment line.
-func splitScript(src string) []block {
-	lines := strings.Split(src, "\n")
-	var out []block
-	for i := 0; i < len(lines); i++ {
-		l := strings.TrimSpace(lines[i])
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		b := block{line: i + 1}
-		switch kw := strings.ToLower(strings.Fields(l)[0]); {
-		case kw == "clear":
-			b.kind = "clear"
-		case strings.HasPrefix(kw, "load"):
-			b.kind = "load"
-		default:
-			b.kind = "eval"
-		}
-		j := i + 1
-		for ; b.kind != "clear" && j < len(lines); j++ {
-			t := strings.TrimSpace(lines[j])
-			if t == "" || strings.HasPrefix(t, "#") {
-				break
-			}
-		}
-		b.text = strings.Join(lines[i:j], "\n") + "\n"
-		out = append(out, b)
-		i = j - 1
-	}
-	return out
-}
-
-// noClose lets one loaded DB serve several single-eval scripts.
-type noClose struct{ *shard.DB }
-
-func (noClose) Close() error { return nil }
-
-func promqlTestdataDir(t *testing.T) string {
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/prometheus/prometheus").Output()
-	require.NoError(t, err)
-	return filepath.Join(strings.TrimSpace(string(out)), "promql", "promqltest", "testdata")
-}
-
-var nameRe = regexp.MustCompile(`[^A-Za-z0-9_.:-]+`)
-
 // TestPromQLConformance runs every eval of Prometheus's PromQL test data
 // against Kiln's storage: data goes in through shard's appender and the
-// engine reads it through shard's Queryable. Each eval is its own subtest,
-// named file:line, so failures are counted per eval.
+// engine reads it through shard's Queryable.
 func TestPromQLConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("conformance suite skipped in -short mode")
 	}
-	dir := promqlTestdataDir(t)
-	files, err := filepath.Glob(filepath.Join(dir, "*.test"))
-	require.NoError(t, err)
-	require.NotEmpty(t, files)
-	engine := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
-	runAll := os.Getenv("KILN_CONFORMANCE_ALL") != ""
-
-	for _, fn := range files {
-		src, err := os.ReadFile(fn)
-		require.NoError(t, err)
-		base := filepath.Base(fn)
-		t.Run(base, func(t *testing.T) {
-			var db *shard.DB
-			var loads []string
-			reset := func() {
-				if db != nil {
-					require.NoError(t, db.Close())
-					db = nil
-				}
-			}
-			defer reset()
-			for _, b := range splitScript(string(src)) {
-				switch b.kind {
-				case "clear":
-					reset()
-					loads = nil
-				case "load":
-					reset()
-					loads = append(loads, b.text)
-				case "eval":
-					if db == nil {
-						db = openTestDB(t)
-						if len(loads) > 0 {
-							promqltest.RunTestWithStorage(t, strings.Join(loads, "\n"), engine, func(testing.TB) storage.Storage { return noClose{db} })
-						}
-					}
-					id := base + ":" + itoa(b.line)
-					t.Run(nameRe.ReplaceAllString(id, "_"), func(t *testing.T) {
-						if reason, ok := knownFailures[id]; ok && !runAll {
-							t.Skip("known failure: " + reason)
-						}
-						promqltest.RunTestWithStorage(t, b.text, engine, func(testing.TB) storage.Storage { return noClose{db} })
-					})
-				}
-			}
-		})
-	}
+	conformance.Run(t, func(t testing.TB) storage.Storage { return openTestDB(t) }, knownFailures)
 }
 
 func openTestDB(t testing.TB) *shard.DB {
@@ -137,5 +31,3 @@ func openTestDB(t testing.TB) *shard.DB {
 	require.NoError(t, err)
 	return db
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }

@@ -80,8 +80,17 @@ func freeAddr(t *testing.T) string {
 }
 
 // startKiln starts kiln with the given data dir and extra flags and waits
-// until /-/ready answers.
+// until /-/ready answers. Gossip and Raft take free ports unless extra
+// sets them.
 func startKiln(t *testing.T, dataDir, addr string, extra ...string) *proc {
+	t.Helper()
+	p := spawnKiln(t, dataDir, addr, append([]string{"--cluster.listen-address=127.0.0.1:0"}, extra...)...)
+	p.waitReady()
+	return p
+}
+
+// spawnKiln starts kiln without waiting for it to be ready.
+func spawnKiln(t *testing.T, dataDir, addr string, extra ...string) *proc {
 	t.Helper()
 	cfg := filepath.Join(dataDir, "..", filepath.Base(dataDir)+"-prometheus.yml")
 	// A config file with only global settings: nothing is scraped, so the
@@ -93,21 +102,70 @@ func startKiln(t *testing.T, dataDir, addr string, extra ...string) *proc {
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	require.NoError(t, p.cmd.Start())
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.kill() })
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("log of kiln %s:\n%s", p.addr, tail(p.log.String(), 4000))
+		}
+	})
+	return p
+}
+
+// waitReady waits until /-/ready answers 200.
+func (p *proc) waitReady() {
+	t := p.t
+	t.Helper()
 	require.Eventually(t, func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("kiln exited early: %s", p.log.String())
 		default:
 		}
-		resp, err := http.Get("http://" + addr + "/-/ready")
+		resp, err := http.Get("http://" + p.addr + "/-/ready")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	}, 60*time.Second, 50*time.Millisecond, "kiln did not become ready")
-	return p
+	}, 60*time.Second, 50*time.Millisecond, "kiln %s did not become ready", p.addr)
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *proc) stop() {
+	if p.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.t.Errorf("kiln %s did not stop on SIGTERM", p.addr)
+		p.kill()
+	}
+}
+
+// restart starts the process again with the same arguments.
+func (p *proc) restart() {
+	p.t.Helper()
+	p.kill()
+	np := &proc{t: p.t, args: p.args, addr: p.addr, log: p.log, done: make(chan struct{})}
+	np.cmd = exec.Command(kilnBin, p.args...)
+	np.cmd.Stdout, np.cmd.Stderr = np.log, np.log
+	require.NoError(p.t, np.cmd.Start())
+	go func() { _ = np.cmd.Wait(); close(np.done) }()
+	*p = *np
 }
 
 // kill sends SIGKILL to the process this test started and waits for it.
