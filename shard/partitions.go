@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"math/bits"
+	"slices"
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
@@ -74,12 +75,18 @@ func (db *DB) PartitionQuerier(mint, maxt int64, parts *PartitionSet) storage.Qu
 }
 
 // PartitionChunkQuerier is ChunkQuerier restricted to parts (nil: all).
-// Unlike ChunkQuerier it hands out stored chunks as they are wherever that
-// is exact — a series' chunks do not overlap and a chunk lies inside
-// [mint, maxt] — and re-encodes only the rest, so a peer answering a query
-// over the network does not decode and re-encode every sample. Every
-// returned chunk holds only samples inside [mint, maxt], and the chunks of
-// a series never overlap.
+// Unlike ChunkQuerier it hands out stored chunks as they are wherever it
+// can, so a peer answering a query over the network does not decode and
+// re-encode every sample; only chunks that overlap others of their series
+// (out-of-order data, a replay) are merged and re-encoded. The chunks of a
+// series never overlap and come in time order.
+//
+// By default every returned chunk holds only samples inside the range
+// ([mint, maxt] narrowed by the hints' Start and End): a stored chunk that
+// extends past it is re-encoded clipped. With SelectHints.DisableTrimming,
+// as in Prometheus' TSDB, stored chunks go out whole instead, holding
+// samples up to a chunk's span outside the range, and the reader must clip;
+// that is what makes them cheap to send.
 func (db *DB) PartitionChunkQuerier(mint, maxt int64, parts *PartitionSet) storage.ChunkQuerier {
 	return &rawChunkQuerier{querier{db: db, mint: mint, maxt: maxt, parts: parts}}
 }
@@ -87,15 +94,16 @@ func (db *DB) PartitionChunkQuerier(mint, maxt int64, parts *PartitionSet) stora
 type rawChunkQuerier struct{ querier }
 
 func (q *rawChunkQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.ChunkSeriesSet {
-	return &rawChunkSet{ss: q.querier.Select(ctx, sortSeries, hints, ms...).(*seriesSet)}
+	return &rawChunkSet{ss: q.querier.Select(ctx, sortSeries, hints, ms...).(*seriesSet), whole: hints != nil && hints.DisableTrimming}
 }
 
 // rawChunkSet converts the lazily read series of a seriesSet to chunk
 // series.
 type rawChunkSet struct {
-	ss  *seriesSet
-	cur storage.ChunkSeries
-	err error
+	ss    *seriesSet
+	whole bool // hand out stored chunks that extend past the range as they are
+	cur   storage.ChunkSeries
+	err   error
 }
 
 func (s *rawChunkSet) Next() bool {
@@ -103,7 +111,7 @@ func (s *rawChunkSet) Next() bool {
 		return false
 	}
 	v := s.ss.At().(*memSeriesView)
-	metas, err := v.chunkMetas()
+	metas, err := v.chunkMetas(s.whole)
 	if err != nil {
 		s.err = err
 		return false
@@ -125,34 +133,40 @@ func (s *rawChunkSet) Err() error {
 
 func (s *rawChunkSet) Warnings() annotations.Annotations { return s.ss.Warnings() }
 
-// chunkMetas returns the series' samples in [mint, maxt] as non-overlapping
-// chunks in time order: stored chunks where possible, re-encoded otherwise.
-func (v *memSeriesView) chunkMetas() ([]chunks.Meta, error) {
+// chunkMetas returns the series' chunks overlapping [mint, maxt] in time
+// order and without overlap. A stored chunk that overlaps no other goes out
+// as it is if it lies inside the range or whole is set, else re-encoded
+// clipped to the range; each run of overlapping chunks is merged and
+// re-encoded, clipped to the range.
+func (v *memSeriesView) chunkMetas(whole bool) ([]chunks.Meta, error) {
 	if len(v.chunks) == 0 {
 		return nil, nil
 	}
-	// newSeriesIterator sorts the chunks by mint (then seq) in place.
-	_ = newSeriesIterator(v.chunks, v.mint, v.maxt, nil)
-	for i := 1; i < len(v.chunks); i++ {
-		if v.chunks[i].mint <= v.chunks[i-1].maxt {
-			return v.encode(v.chunks, nil)
+	// The order newSeriesIterator merges in: by mint, then seq.
+	slices.SortFunc(v.chunks, func(a, b readChunk) int {
+		if c := cmpInt64(a.mint, b.mint); c != 0 {
+			return c
 		}
-	}
-	var (
-		out []chunks.Meta
-		err error
-	)
-	start := 0 // first chunk of the pending run that needs re-encoding
-	for i, c := range v.chunks {
-		if c.mint >= v.mint && c.maxt <= v.maxt {
-			if out, err = v.encode(v.chunks[start:i], out); err != nil {
+		return cmpUint64(a.seq, b.seq)
+	})
+	out := make([]chunks.Meta, 0, len(v.chunks))
+	for i := 0; i < len(v.chunks); {
+		j, end := i+1, v.chunks[i].maxt
+		for j < len(v.chunks) && v.chunks[j].mint <= end {
+			end = max(end, v.chunks[j].maxt)
+			j++
+		}
+		if c := v.chunks[i]; j == i+1 && (whole || c.mint >= v.mint && c.maxt <= v.maxt) {
+			out = append(out, chunks.Meta{Chunk: c.chk, MinTime: c.mint, MaxTime: c.maxt})
+		} else {
+			var err error
+			if out, err = v.encode(v.chunks[i:j], out); err != nil {
 				return nil, err
 			}
-			out = append(out, chunks.Meta{Chunk: c.chk, MinTime: c.mint, MaxTime: c.maxt})
-			start = i + 1
 		}
+		i = j
 	}
-	return v.encode(v.chunks[start:], out)
+	return out, nil
 }
 
 // encode appends the samples of cs clipped to [mint, maxt] as new chunks.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/stretchr/testify/require"
 )
@@ -111,7 +112,10 @@ func containsStr(ss []string, s string) bool {
 
 // TestPartitionChunkQuerierExact checks that chunks handed out raw or
 // re-encoded yield exactly the samples the sample querier yields in range,
-// including out-of-order data and a range that cuts chunks.
+// including out-of-order data and a range that cuts chunks. By default
+// every chunk lies inside the range; with DisableTrimming stored chunks go
+// out whole, and clipped to the range they still yield exactly those
+// samples.
 func TestPartitionChunkQuerierExact(t *testing.T) {
 	db := open(t, Config{})
 	defer func() { require.NoError(t, db.Close()) }()
@@ -122,36 +126,50 @@ func TestPartitionChunkQuerierExact(t *testing.T) {
 	}
 	appendFloats(t, db, ls, pts...)
 	appendFloats(t, db, labels.FromStrings("__name__", "o"), pt{50000, 1}, pt{10000, 2}, pt{30000, 3}) // out of order
+	ms := labels.MustNewMatcher(labels.MatchRegexp, "__name__", "c|o")
 
 	ctx := context.Background()
-	for _, r := range [][2]int64{{0, 1 << 40}, {100000, 9000000}, {4005000, 4005000}} {
-		var set PartitionSet
-		set.AddAll()
-		cq := db.PartitionChunkQuerier(r[0], r[1], &set)
-		cs := cq.Select(ctx, true, nil, labels.MustNewMatcher(labels.MatchRegexp, "__name__", "c|o"))
-		got := map[string][]pt{}
-		for cs.Next() {
-			s := cs.At()
-			it := s.Iterator(nil)
-			last := int64(-1 << 62)
-			for it.Next() {
-				meta := it.At()
-				require.Greater(t, meta.MinTime, last, "chunks overlap")
-				last = meta.MaxTime
-				require.GreaterOrEqual(t, meta.MinTime, r[0])
-				require.LessOrEqual(t, meta.MaxTime, r[1])
-				ci := meta.Chunk.Iterator(nil)
-				for ci.Next() == chunkenc.ValFloat {
-					ts, v := ci.At()
-					got[s.Labels().String()] = append(got[s.Labels().String()], pt{ts, v})
+	for _, whole := range []bool{false, true} {
+		for _, r := range [][2]int64{{0, 1 << 40}, {100000, 9000000}, {4005000, 4005000}} {
+			var set PartitionSet
+			set.AddAll()
+			// The hints narrow the querier's range as they do for Select.
+			cq := db.PartitionChunkQuerier(r[0]-5000, r[1]+5000, &set)
+			cs := cq.Select(ctx, true, &storage.SelectHints{Start: r[0], End: r[1], DisableTrimming: whole}, ms)
+			got := map[string][]pt{}
+			outside := false
+			for cs.Next() {
+				s := cs.At()
+				it := s.Iterator(nil)
+				last := int64(-1 << 62)
+				for it.Next() {
+					meta := it.At()
+					require.Greater(t, meta.MinTime, last, "chunks overlap")
+					last = meta.MaxTime
+					if meta.MinTime < r[0] || meta.MaxTime > r[1] {
+						require.True(t, whole, "chunk [%d, %d] outside the range", meta.MinTime, meta.MaxTime)
+						outside = true
+					}
+					ci := meta.Chunk.Iterator(nil)
+					for ci.Next() == chunkenc.ValFloat {
+						ts, v := ci.At()
+						require.GreaterOrEqual(t, ts, meta.MinTime)
+						require.LessOrEqual(t, ts, meta.MaxTime)
+						if ts >= r[0] && ts <= r[1] {
+							got[s.Labels().String()] = append(got[s.Labels().String()], pt{ts, v})
+						}
+					}
 				}
+				require.NoError(t, it.Err())
 			}
-			require.NoError(t, it.Err())
+			require.NoError(t, cs.Err())
+			require.NoError(t, cq.Close())
+			want := queryFloats(t, db, r[0], r[1], ms)
+			require.NotEmpty(t, want)
+			require.Equal(t, want, got, "range %v", r)
+			if whole && r[0] > 0 {
+				require.True(t, outside, "a range cutting chunks must get them whole")
+			}
 		}
-		require.NoError(t, cs.Err())
-		require.NoError(t, cq.Close())
-		want := queryFloats(t, db, r[0], r[1], labels.MustNewMatcher(labels.MatchRegexp, "__name__", "c|o"))
-		require.NotEmpty(t, want)
-		require.Equal(t, want, got, "range %v", r)
 	}
 }

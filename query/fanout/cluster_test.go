@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
 
@@ -384,4 +385,90 @@ func TestMetadataMerged(t *testing.T) {
 	md, err = c.nodes[0].q.Metadata(WithPartialResponse(ctx, true), "", 0, 0)
 	require.NoError(t, err)
 	require.Len(t, md, 2)
+}
+
+// TestNarrowRangeLikeOneDB reads ranges that cut the stored chunks, which
+// peers send whole: the samples outside the range must not reach the query.
+func TestNarrowRangeLikeOneDB(t *testing.T) {
+	c := newCluster(t, 3, 2, Config{Timeout: 10 * time.Second})
+	c.load(t, 20)
+	ctx := context.Background()
+	read := func(q storage.Queryable, mint, maxt int64, hints *storage.SelectHints) map[string][]pt {
+		qr, err := q.Querier(mint, maxt)
+		require.NoError(t, err)
+		defer qr.Close()
+		ss := qr.Select(ctx, true, hints, allMatcher)
+		out := map[string][]pt{}
+		var it chunkenc.Iterator
+		for ss.Next() {
+			s := ss.At()
+			it = s.Iterator(it)
+			for it.Next() == chunkenc.ValFloat {
+				ts, v := it.At()
+				out[s.Labels().String()] = append(out[s.Labels().String()], pt{ts, v})
+			}
+			require.NoError(t, it.Err())
+		}
+		require.NoError(t, ss.Err())
+		return out
+	}
+	for _, tc := range []struct {
+		mint, maxt int64
+		hints      *storage.SelectHints
+	}{
+		{100 * step, 120 * step, nil},
+		{100*step + 1, 120*step - 1, nil},
+		{0, samples * step, &storage.SelectHints{Start: 30 * step, End: 31 * step}},
+		{50 * step, 200 * step, &storage.SelectHints{Start: 10 * step, End: 60 * step}},
+		{0, samples * step, &storage.SelectHints{Start: 7*step + 3, End: 7*step + 3}}, // between samples
+	} {
+		want := read(c.ref, tc.mint, tc.maxt, tc.hints)
+		for _, nd := range c.nodes {
+			require.Equal(t, want, read(nd.q, tc.mint, tc.maxt, tc.hints), "%s [%d, %d] %+v", nd.name, tc.mint, tc.maxt, tc.hints)
+		}
+	}
+}
+
+// TestChainIteratorClips checks Next and Seek on chunks that extend past
+// the range on both sides.
+func TestChainIteratorClips(t *testing.T) {
+	var metas []chunks.Meta
+	for _, span := range [][2]int64{{0, 100}, {110, 200}, {210, 300}} {
+		c := chunkenc.NewXORChunk()
+		app, err := c.Appender()
+		require.NoError(t, err)
+		for ts := span[0]; ts <= span[1]; ts += 10 {
+			app.Append(0, ts, float64(ts))
+		}
+		metas = append(metas, chunks.Meta{Chunk: c, MinTime: span[0], MaxTime: span[1]})
+	}
+	s := &remoteSeries{metas: metas, mint: 35, maxt: 215}
+	it := s.Iterator(nil)
+	var got []int64
+	for it.Next() == chunkenc.ValFloat {
+		got = append(got, it.AtT())
+	}
+	require.NoError(t, it.Err())
+	want := []int64{40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 170, 180, 190, 200, 210}
+	require.Equal(t, want, got)
+	require.Equal(t, chunkenc.ValNone, it.Next())
+
+	it = s.Iterator(it)
+	require.Equal(t, chunkenc.ValFloat, it.Seek(5))
+	require.Equal(t, int64(40), it.AtT())
+	require.Equal(t, chunkenc.ValFloat, it.Seek(20)) // behind: stays
+	require.Equal(t, int64(40), it.AtT())
+	require.Equal(t, chunkenc.ValFloat, it.Seek(105))
+	require.Equal(t, int64(110), it.AtT())
+	require.Equal(t, chunkenc.ValFloat, it.Next())
+	require.Equal(t, int64(120), it.AtT())
+	require.Equal(t, chunkenc.ValFloat, it.Seek(205))
+	require.Equal(t, int64(210), it.AtT())
+	require.Equal(t, chunkenc.ValNone, it.Next())
+	require.Equal(t, chunkenc.ValNone, it.Seek(0))
+
+	it = s.Iterator(it)
+	require.Equal(t, chunkenc.ValNone, it.Seek(216))
+	it = (&remoteSeries{metas: metas, mint: 101, maxt: 109}).Iterator(it)
+	require.Equal(t, chunkenc.ValNone, it.Next())
 }

@@ -3,6 +3,7 @@ package fanout
 import (
 	"bytes"
 	"io"
+	"math"
 	"testing"
 
 	"github.com/prometheus/common/model"
@@ -74,7 +75,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, frameSeries, f.typ)
 	require.Equal(t, labels.FromStrings("a", "b"), f.lset)
-	it := (&remoteSeries{metas: f.chunks}).Iterator(nil)
+	it := (&remoteSeries{metas: f.chunks, mint: math.MinInt64, maxt: math.MaxInt64}).Iterator(nil)
 	require.Equal(t, chunkenc.ValFloat, it.Seek(15))
 	ts, v := it.At()
 	require.Equal(t, []any{int64(20), 2.0}, []any{ts, v})

@@ -169,7 +169,17 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 		// The common single-node case: the local querier, nothing added.
 		return qr.localQuerier(p.local).Select(ctx, sortSeries, hints, ms...)
 	}
-	frs, ws, err := qr.selectPeers(ctx, p, hints, ms)
+	// Peers send their stored chunks whole (DisableTrimming), without
+	// decoding them, and remoteSeries clips the samples to the range the
+	// local querier would read: [mint, maxt] narrowed by the hints.
+	mint, maxt := qr.mint, qr.maxt
+	wire := storage.SelectHints{Start: mint, End: maxt}
+	if hints != nil {
+		mint, maxt = max(mint, hints.Start), min(maxt, hints.End)
+		wire = *hints
+	}
+	wire.DisableTrimming = true
+	frs, ws, err := qr.selectPeers(ctx, p, &wire, ms)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
@@ -178,7 +188,7 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 		sets = append(sets, qr.localQuerier(p.local).Select(ctx, true, hints, ms...))
 	}
 	for _, fr := range frs {
-		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}})
+		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}, mint: mint, maxt: maxt})
 	}
 	limit := 0
 	if hints != nil {
@@ -280,16 +290,21 @@ func (s *remoteChunkSet) At() storage.ChunkSeries {
 func (s *remoteChunkSet) Err() error                        { return s.err }
 func (s *remoteChunkSet) Warnings() annotations.Annotations { return s.ws }
 
-// remoteSeriesSet presents a peer's chunks as sample series.
-type remoteSeriesSet struct{ remoteChunkSet }
+// remoteSeriesSet presents a peer's chunks as sample series clipped to
+// [mint, maxt].
+type remoteSeriesSet struct {
+	remoteChunkSet
+	mint, maxt int64
+}
 
 func (s *remoteSeriesSet) At() storage.Series {
-	return &remoteSeries{lset: s.cur.lset, metas: s.cur.chunks}
+	return &remoteSeries{lset: s.cur.lset, metas: s.cur.chunks, mint: s.mint, maxt: s.maxt}
 }
 
 type remoteSeries struct {
-	lset  labels.Labels
-	metas []chunks.Meta
+	lset       labels.Labels
+	metas      []chunks.Meta
+	mint, maxt int64
 }
 
 func (s *remoteSeries) Labels() labels.Labels { return s.lset }
@@ -299,66 +314,81 @@ func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
 	if !ok {
 		it = &chainIterator{}
 	}
-	*it = chainIterator{metas: s.metas, cur: it.cur}
+	*it = chainIterator{metas: s.metas, mint: s.mint, maxt: s.maxt, cur: it.cur}
 	return it
 }
 
 // chainIterator walks chunks that are in time order and do not overlap, as
-// peers send them, decoding each only when reached.
+// peers send them, decoding each only when reached, and yields only the
+// samples in [mint, maxt]: the first and last chunks may extend past it.
 type chainIterator struct {
-	metas []chunks.Meta
-	i     int // next chunk to open
-	cur   chunkenc.Iterator
-	open  bool // cur iterates metas[i-1]
-	vt    chunkenc.ValueType
-	err   error
+	metas      []chunks.Meta
+	mint, maxt int64
+	i          int // next chunk to open
+	cur        chunkenc.Iterator
+	started    bool // cur iterates metas[i-1]; vt ValNone then means done
+	vt         chunkenc.ValueType
+	err        error
 }
 
 func (it *chainIterator) Next() chunkenc.ValueType {
-	for it.err == nil {
-		if it.open {
-			if it.vt = it.cur.Next(); it.vt != chunkenc.ValNone {
-				return it.vt
-			}
-			if it.err = it.cur.Err(); it.err != nil {
-				break
-			}
-		}
-		if it.i >= len(it.metas) {
-			break
-		}
-		it.cur, it.open = it.metas[it.i].Chunk.Iterator(it.cur), true
-		it.i++
+	if !it.started {
+		return it.Seek(it.mint)
 	}
-	it.vt = chunkenc.ValNone
-	return it.vt
+	if it.vt == chunkenc.ValNone {
+		return chunkenc.ValNone
+	}
+	return it.clip(it.cur.Next(), it.mint)
 }
 
 func (it *chainIterator) Seek(t int64) chunkenc.ValueType {
-	if it.vt != chunkenc.ValNone && it.cur.AtT() >= t {
-		return it.vt
+	if it.started {
+		if it.vt == chunkenc.ValNone {
+			return chunkenc.ValNone
+		}
+		if it.cur.AtT() >= t {
+			return it.vt
+		}
 	}
-	if it.err != nil {
-		return chunkenc.ValNone
-	}
-	if !it.open || it.metas[it.i-1].MaxTime < t {
+	t = max(t, it.mint)
+	if !it.started || it.metas[it.i-1].MaxTime < t {
 		for it.i < len(it.metas) && it.metas[it.i].MaxTime < t {
 			it.i++
 		}
 		if it.i >= len(it.metas) {
-			it.open, it.vt = false, chunkenc.ValNone
+			it.started, it.vt = true, chunkenc.ValNone
 			return it.vt
 		}
-		it.cur, it.open = it.metas[it.i].Chunk.Iterator(it.cur), true
+		it.cur = it.metas[it.i].Chunk.Iterator(it.cur)
 		it.i++
+		it.started = true
 	}
-	if it.vt = it.cur.Seek(t); it.vt != chunkenc.ValNone {
-		return it.vt
+	return it.clip(it.cur.Seek(t), t)
+}
+
+// clip settles on the first sample at or after t, given the current
+// chunk's answer vt, opening the following chunks as needed, and stops at
+// the first sample past maxt.
+func (it *chainIterator) clip(vt chunkenc.ValueType, t int64) chunkenc.ValueType {
+	for {
+		if vt == chunkenc.ValNone {
+			if it.err = it.cur.Err(); it.err != nil || it.i >= len(it.metas) {
+				break
+			}
+			it.cur = it.metas[it.i].Chunk.Iterator(it.cur)
+			it.i++
+			vt = it.cur.Seek(t)
+			continue
+		}
+		if it.cur.AtT() > it.maxt {
+			break
+		}
+		it.vt = vt
+		return vt
 	}
-	if it.err = it.cur.Err(); it.err != nil {
-		return chunkenc.ValNone
-	}
-	return it.Next()
+	it.i = len(it.metas)
+	it.vt = chunkenc.ValNone
+	return it.vt
 }
 
 func (it *chainIterator) At() (int64, float64) { return it.cur.At() }

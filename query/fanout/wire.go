@@ -39,8 +39,12 @@ import (
 //	warning:  str
 //	end:      nothing; a stream without it was cut off
 //
-// Series come sorted by labels, their chunks in time order without overlap
-// and inside the requested range. A failure is a non-200 status with the
+// Series come sorted by labels, their chunks in time order without overlap.
+// Chunks hold only samples inside the requested range unless the hints ask
+// for DisableTrimming: then stored chunks come whole, possibly extending
+// past the range, and the reader clips. The sample Select asks for that, so
+// peers send chunks without decoding them; a peer that ignores the hint
+// still answers correctly. A failure is a non-200 status with the
 // error text as body: 4xx for a bad request (never retried), 5xx otherwise.
 
 const wireVersion = 1
