@@ -8,7 +8,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/golang/snappy"
 	"github.com/prometheus/prometheus/util/annotations"
 	"github.com/valyala/fasthttp"
 
@@ -29,8 +28,8 @@ var errBadRequest = errors.New("peer rejected the request")
 
 func isBadRequest(err error) bool { return errors.Is(err, errBadRequest) }
 
-// call POSTs req to peer and returns the decompressed response stream. The
-// whole (compressed) body is received before call returns, so a failure
+// call POSTs req to peer and returns the decompressed response. The whole
+// body is received and decompressed before call returns, so a failure
 // mid-transfer is seen here, while the frames are still decoded lazily.
 func (q *Queryable) call(ctx context.Context, peer ring.Member, path, endpoint string, req *request) (*frameReader, error) {
 	q.metrics.requests.WithLabelValues(peer.Name, endpoint).Inc()
@@ -41,41 +40,61 @@ func (q *Queryable) call(ctx context.Context, peer ring.Member, path, endpoint s
 	}
 	req.timeoutMS = uint64(max(time.Until(deadline).Milliseconds(), 1))
 
-	hreq, hresp := &fasthttp.Request{}, &fasthttp.Response{}
+	hreq, hresp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	hreq.Header.SetMethod(fasthttp.MethodPost)
 	hreq.SetRequestURI("http://" + peer.Addr + path)
 	hreq.Header.SetContentType("application/x-kiln-read")
 	hreq.SetBodyRaw(req.marshal())
 
 	// fasthttp takes no context: run the call aside so cancellation returns
-	// at once. The request objects are not pooled, so an abandoned call
-	// cannot race with a later one.
+	// at once. An abandoned call keeps its request objects (the garbage
+	// collector takes them); a finished one returns them to the pools.
 	done := make(chan error, 1)
 	go func() { done <- q.client.DoDeadline(hreq, hresp, deadline) }()
-	var err error
+	var (
+		err  error
+		body []byte
+	)
 	select {
 	case err = <-done:
+		if err == nil {
+			err = checkStatus(hresp)
+		}
+		if err == nil {
+			// Decompressed into memory of its own, so the response can go
+			// back to the pool; the frames point into body.
+			if body, err = unframe(hresp.Body()); err != nil {
+				err = fmt.Errorf("response: %w", err)
+			}
+		}
+		fasthttp.ReleaseRequest(hreq)
+		fasthttp.ReleaseResponse(hresp)
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
 	q.metrics.duration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
-	if err == nil {
-		if code := hresp.StatusCode(); code != fasthttp.StatusOK {
-			msg := bytes.TrimSpace(hresp.Body())
-			if len(msg) > 512 {
-				msg = msg[:512]
-			}
-			err = fmt.Errorf("status %d: %s", code, msg)
-			if code >= 400 && code < 500 {
-				err = fmt.Errorf("%w: %w", errBadRequest, err)
-			}
-		}
-	}
 	if err != nil {
 		q.metrics.errors.WithLabelValues(peer.Name).Inc()
 		return nil, fmt.Errorf("read from %s (%s): %w", peer.Name, peer.Addr, err)
 	}
-	return newFrameReader(snappy.NewReader(bytes.NewReader(hresp.Body()))), nil
+	return newFrameReader(body), nil
+}
+
+// checkStatus turns a non-200 answer into an error carrying its text.
+func checkStatus(hresp *fasthttp.Response) error {
+	code := hresp.StatusCode()
+	if code == fasthttp.StatusOK {
+		return nil
+	}
+	msg := bytes.TrimSpace(hresp.Body())
+	if len(msg) > 512 {
+		msg = msg[:512]
+	}
+	err := fmt.Errorf("status %d: %s", code, msg)
+	if code >= 400 && code < 500 {
+		err = fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	return err
 }
 
 // readStrings drains a response of string and warning frames.

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -442,7 +443,12 @@ func TestChainIteratorClips(t *testing.T) {
 		}
 		metas = append(metas, chunks.Meta{Chunk: c, MinTime: span[0], MaxTime: span[1]})
 	}
-	s := &remoteSeries{metas: metas, mint: 35, maxt: 215}
+	var buf bytes.Buffer
+	fw := &frameWriter{w: &buf}
+	require.NoError(t, fw.series(labels.FromStrings("a", "b"), storage.NewListChunkSeriesIterator(metas...)))
+	f, err := newFrameReader(buf.Bytes()).next()
+	require.NoError(t, err)
+	s := &remoteSeries{chunks: f.chunks, mint: 35, maxt: 215}
 	it := s.Iterator(nil)
 	var got []int64
 	for it.Next() == chunkenc.ValFloat {
@@ -469,6 +475,6 @@ func TestChainIteratorClips(t *testing.T) {
 
 	it = s.Iterator(it)
 	require.Equal(t, chunkenc.ValNone, it.Seek(216))
-	it = (&remoteSeries{metas: metas, mint: 101, maxt: 109}).Iterator(it)
+	it = (&remoteSeries{chunks: f.chunks, mint: 101, maxt: 109}).Iterator(it)
 	require.Equal(t, chunkenc.ValNone, it.Next())
 }

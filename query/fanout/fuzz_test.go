@@ -70,12 +70,12 @@ func responseSeed(t testing.TB) []byte {
 }
 
 func TestFrameRoundTrip(t *testing.T) {
-	fr := newFrameReader(bytes.NewReader(responseSeed(t)))
+	fr := newFrameReader(responseSeed(t))
 	f, err := fr.next()
 	require.NoError(t, err)
 	require.Equal(t, frameSeries, f.typ)
 	require.Equal(t, labels.FromStrings("a", "b"), f.lset)
-	it := (&remoteSeries{metas: f.chunks, mint: math.MinInt64, maxt: math.MaxInt64}).Iterator(nil)
+	it := (&remoteSeries{chunks: f.chunks, mint: math.MinInt64, maxt: math.MaxInt64}).Iterator(nil)
 	require.Equal(t, chunkenc.ValFloat, it.Seek(15))
 	ts, v := it.At()
 	require.Equal(t, []any{int64(20), 2.0}, []any{ts, v})
@@ -89,7 +89,7 @@ func TestFrameRoundTrip(t *testing.T) {
 
 	// A stream cut short is an error, never a short answer.
 	seed := responseSeed(t)
-	fr = newFrameReader(bytes.NewReader(seed[:len(seed)-1]))
+	fr = newFrameReader(seed[:len(seed)-1])
 	for err == nil || err == io.EOF {
 		if _, err = fr.next(); err == io.EOF {
 			t.Fatal("truncated stream decoded as complete")
@@ -102,14 +102,16 @@ func FuzzFrameReader(f *testing.F) {
 	f.Add(responseSeed(f))
 	f.Add([]byte{frameSeries, 1, 1, 'a', 1, 'b', 1, 1, 0, 0, 1, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fr := newFrameReader(bytes.NewReader(b))
+		fr := newFrameReader(b)
 		for range 1000 {
 			f, err := fr.next()
 			if err != nil {
 				return
 			}
-			for i := 1; i < len(f.chunks); i++ {
-				require.Greater(t, f.chunks[i].MinTime, f.chunks[i-1].MaxTime)
+			metas, err := f.metas()
+			require.NoError(t, err) // the reader checked them
+			for i := 1; i < len(metas); i++ {
+				require.Greater(t, metas[i].MinTime, metas[i-1].MaxTime)
 			}
 		}
 	})

@@ -281,8 +281,11 @@ func (s *remoteChunkSet) Next() bool {
 }
 
 func (s *remoteChunkSet) At() storage.ChunkSeries {
-	metas := s.cur.chunks
+	metas, err := s.cur.metas()
 	return &storage.ChunkSeriesEntry{Lset: s.cur.lset, ChunkIteratorFn: func(chunks.Iterator) chunks.Iterator {
+		if err != nil {
+			return storage.NewListChunkSeriesIterator() // cannot happen: the reader checked the encodings
+		}
 		return storage.NewListChunkSeriesIterator(metas...)
 	}}
 }
@@ -295,15 +298,22 @@ func (s *remoteChunkSet) Warnings() annotations.Annotations { return s.ws }
 type remoteSeriesSet struct {
 	remoteChunkSet
 	mint, maxt int64
+	slab       []remoteSeries
 }
 
 func (s *remoteSeriesSet) At() storage.Series {
-	return &remoteSeries{lset: s.cur.lset, metas: s.cur.chunks, mint: s.mint, maxt: s.maxt}
+	if len(s.slab) == 0 {
+		s.slab = make([]remoteSeries, 64) // one allocation for many series
+	}
+	rs := &s.slab[0]
+	s.slab = s.slab[1:]
+	*rs = remoteSeries{lset: s.cur.lset, chunks: s.cur.chunks, mint: s.mint, maxt: s.maxt}
+	return rs
 }
 
 type remoteSeries struct {
 	lset       labels.Labels
-	metas      []chunks.Meta
+	chunks     []byte // as in frame
 	mint, maxt int64
 }
 
@@ -314,21 +324,52 @@ func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
 	if !ok {
 		it = &chainIterator{}
 	}
-	*it = chainIterator{metas: s.metas, mint: s.mint, maxt: s.maxt, cur: it.cur}
+	*it = chainIterator{chunks: wireChunks{s.chunks}, mint: s.mint, maxt: s.maxt, cur: it.cur, chks: it.chks}
 	return it
 }
 
-// chainIterator walks chunks that are in time order and do not overlap, as
-// peers send them, decoding each only when reached, and yields only the
+// chainIterator walks the chunks of a series frame, which are in time order
+// and do not overlap, decoding each only when reached, and yields only the
 // samples in [mint, maxt]: the first and last chunks may extend past it.
 type chainIterator struct {
-	metas      []chunks.Meta
+	chunks     wireChunks // chunks not opened yet
 	mint, maxt int64
-	i          int // next chunk to open
-	cur        chunkenc.Iterator
-	started    bool // cur iterates metas[i-1]; vt ValNone then means done
-	vt         chunkenc.ValueType
-	err        error
+	// curMaxt is the end of the chunk cur iterates.
+	curMaxt int64
+	cur     chunkenc.Iterator
+	chks    *[numEncodings]chunkenc.Chunk // reused by encoding, pointing into the response
+	started bool                          // cur is open; vt ValNone then means done
+	vt      chunkenc.ValueType
+	err     error
+}
+
+// open moves cur to the next chunk that ends at or after t.
+func (it *chainIterator) open(t int64) bool {
+	for {
+		enc, _, maxt, b, ok := it.chunks.next()
+		if !ok {
+			return false
+		}
+		if maxt < t {
+			continue
+		}
+		if it.chks == nil {
+			it.chks = new([numEncodings]chunkenc.Chunk)
+		}
+		c := it.chks[enc]
+		if c == nil {
+			var err error
+			if c, err = chunkenc.FromData(enc, b); err != nil {
+				it.err = err // cannot happen: the reader checked the encodings
+				return false
+			}
+			it.chks[enc] = c
+		} else {
+			c.Reset(b)
+		}
+		it.cur, it.curMaxt = c.Iterator(it.cur), maxt
+		return true
+	}
 }
 
 func (it *chainIterator) Next() chunkenc.ValueType {
@@ -351,17 +392,12 @@ func (it *chainIterator) Seek(t int64) chunkenc.ValueType {
 		}
 	}
 	t = max(t, it.mint)
-	if !it.started || it.metas[it.i-1].MaxTime < t {
-		for it.i < len(it.metas) && it.metas[it.i].MaxTime < t {
-			it.i++
-		}
-		if it.i >= len(it.metas) {
-			it.started, it.vt = true, chunkenc.ValNone
+	if !it.started || it.curMaxt < t {
+		it.started = true
+		if !it.open(t) {
+			it.vt = chunkenc.ValNone
 			return it.vt
 		}
-		it.cur = it.metas[it.i].Chunk.Iterator(it.cur)
-		it.i++
-		it.started = true
 	}
 	return it.clip(it.cur.Seek(t), t)
 }
@@ -372,11 +408,9 @@ func (it *chainIterator) Seek(t int64) chunkenc.ValueType {
 func (it *chainIterator) clip(vt chunkenc.ValueType, t int64) chunkenc.ValueType {
 	for {
 		if vt == chunkenc.ValNone {
-			if it.err = it.cur.Err(); it.err != nil || it.i >= len(it.metas) {
+			if it.err = it.cur.Err(); it.err != nil || !it.open(t) {
 				break
 			}
-			it.cur = it.metas[it.i].Chunk.Iterator(it.cur)
-			it.i++
 			vt = it.cur.Seek(t)
 			continue
 		}
@@ -386,7 +420,7 @@ func (it *chainIterator) clip(vt chunkenc.ValueType, t int64) chunkenc.ValueType
 		it.vt = vt
 		return vt
 	}
-	it.i = len(it.metas)
+	it.chunks = wireChunks{}
 	it.vt = chunkenc.ValNone
 	return it.vt
 }

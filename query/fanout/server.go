@@ -1,9 +1,9 @@
 package fanout
 
 import (
-	"bytes"
 	"context"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/golang/snappy"
@@ -43,8 +43,11 @@ func (q *Queryable) Handle(fctx *fasthttp.RequestCtx) {
 		defer cancel()
 	}
 
-	var buf bytes.Buffer
-	sw := snappy.NewBufferedWriter(&buf)
+	// Encoded straight into the response body, whose buffer fasthttp
+	// reuses; Error below replaces it.
+	sw := snappyWriters.Get().(*snappy.Writer)
+	defer snappyWriters.Put(sw)
+	sw.Reset(fctx.Response.BodyWriter())
 	fw := &frameWriter{w: sw}
 	switch path {
 	case pathSelect:
@@ -66,8 +69,11 @@ func (q *Queryable) Handle(fctx *fasthttp.RequestCtx) {
 		return
 	}
 	fctx.SetContentType("application/x-kiln-frames")
-	fctx.SetBody(buf.Bytes())
 }
+
+// snappyWriters pools the writers of Handle: each holds two buffers of
+// about 64 KiB.
+var snappyWriters = sync.Pool{New: func() any { return snappy.NewBufferedWriter(nil) }}
 
 func (q *Queryable) serveSelect(ctx context.Context, req *request, fw *frameWriter) error {
 	cq := q.local.PartitionChunkQuerier(req.mint, req.maxt, &req.parts)

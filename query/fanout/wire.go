@@ -1,12 +1,15 @@
 package fanout
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math"
+	"unsafe"
+
+	"github.com/golang/snappy"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
@@ -264,8 +267,9 @@ func unmarshalRequest(b []byte) (*request, error) {
 
 // frameWriter encodes response frames. The caller wraps w in compression.
 type frameWriter struct {
-	w   io.Writer
-	buf []byte
+	w     io.Writer
+	buf   []byte
+	metas []chunks.Meta // scratch of series
 }
 
 func (fw *frameWriter) flush() error {
@@ -282,10 +286,11 @@ func (fw *frameWriter) series(ls labels.Labels, it chunks.Iterator) error {
 		fw.buf = appendStr(fw.buf, l.Value)
 	})
 	// The chunk count comes first, so collect the metas.
-	var metas []chunks.Meta
+	metas := fw.metas[:0]
 	for it != nil && it.Next() {
 		metas = append(metas, it.At())
 	}
+	fw.metas = metas
 	if it != nil && it.Err() != nil {
 		return it.Err()
 	}
@@ -298,6 +303,7 @@ func (fw *frameWriter) series(ls labels.Labels, it chunks.Iterator) error {
 		fw.buf = binary.AppendUvarint(fw.buf, uint64(len(b)))
 		fw.buf = append(fw.buf, b...)
 	}
+	clear(metas) // keep no chunk alive
 	return fw.flush()
 }
 
@@ -323,154 +329,228 @@ func (fw *frameWriter) end() error {
 
 // frame is one decoded response frame.
 type frame struct {
-	typ    byte
-	lset   labels.Labels
-	chunks []chunks.Meta
+	typ  byte
+	lset labels.Labels
+	// chunks holds the series' chunks as sent (encoding byte, mint, span,
+	// bytes each), checked by the reader and still inside the response;
+	// see wireChunks.
+	chunks []byte
 	str    string // string, warning, metric of metadata
 	meta   metadata.Metadata
 }
 
-// frameReader decodes response frames from the decompressed stream. Chunks
-// are copied out of the stream but not decoded: samples are read only when
-// the query iterates them.
+// frameReader decodes response frames from a decompressed response held in
+// memory. A series keeps its chunk bytes as a sub-slice of the response:
+// nothing is copied, and samples are decoded only when a query iterates
+// them. The response must not be modified while its frames are in use.
 type frameReader struct {
-	r  *bufio.Reader
+	d  sliceReader
 	sb labels.ScratchBuilder
 }
 
-func newFrameReader(r io.Reader) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, 32<<10)}
-}
+func newFrameReader(b []byte) *frameReader { return &frameReader{d: sliceReader{b: b}} }
 
-func (fr *frameReader) uvarint(limit uint64) (uint64, error) {
-	v, err := binary.ReadUvarint(fr.r)
-	if err != nil {
-		return 0, unexpected(err)
+// bytes returns the next length-prefixed field, not copied.
+func (d *sliceReader) bytes() []byte {
+	n := d.uvarint(maxStringLen)
+	if d.err != nil || uint64(len(d.b)) < n {
+		d.fail()
+		return nil
 	}
-	if v > limit {
-		return 0, errMalformed
-	}
-	return v, nil
-}
-
-func (fr *frameReader) bytes() ([]byte, error) {
-	n, err := fr.uvarint(maxStringLen)
-	if err != nil {
-		return nil, err
-	}
-	// Grow with the data actually read, so a bogus length cannot allocate
-	// more than the stream holds.
-	if n <= 64<<10 {
-		b := make([]byte, n)
-		if _, err := io.ReadFull(fr.r, b); err != nil {
-			return nil, unexpected(err)
-		}
-		return b, nil
-	}
-	var out []byte
-	buf := make([]byte, 64<<10)
-	for n > 0 {
-		k, err := io.ReadFull(fr.r, buf[:min(n, uint64(len(buf)))])
-		out = append(out, buf[:k]...)
-		if err != nil {
-			return nil, unexpected(err)
-		}
-		n -= uint64(k)
-	}
-	return out, nil
-}
-
-func (fr *frameReader) str() (string, error) {
-	b, err := fr.bytes()
-	return string(b), err
-}
-
-func unexpected(err error) error {
-	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("truncated: %w", errMalformed)
-	}
-	return err
+	b := d.b[:n:n]
+	d.b = d.b[n:]
+	return b
 }
 
 // next decodes the next frame. After an end frame it returns io.EOF.
 func (fr *frameReader) next() (frame, error) {
-	typ, err := fr.r.ReadByte()
-	if err != nil {
-		return frame{}, unexpected(err)
+	d := &fr.d
+	if d.err != nil {
+		return frame{}, d.err
 	}
-	f := frame{typ: typ}
-	switch typ {
+	if len(d.b) == 0 {
+		return frame{}, fmt.Errorf("truncated: %w", errMalformed)
+	}
+	f := frame{typ: d.byte()}
+	switch f.typ {
 	case frameEnd:
 		return f, io.EOF
 	case frameString, frameWarning:
-		f.str, err = fr.str()
-		return f, err
+		f.str = d.str()
 	case frameMetadata:
 		var s [4]string
 		for i := range s {
-			if s[i], err = fr.str(); err != nil {
-				return f, err
-			}
+			s[i] = d.str()
 		}
 		f.str = s[0]
 		f.meta = metadata.Metadata{Type: model.MetricType(s[1]), Unit: s[2], Help: s[3]}
-		return f, nil
 	case frameSeries:
-		return f, fr.series(&f)
+		fr.series(&f)
+	default:
+		return f, fmt.Errorf("frame type %d: %w", f.typ, errMalformed)
 	}
-	return f, fmt.Errorf("frame type %d: %w", typ, errMalformed)
+	if d.err != nil {
+		return f, fmt.Errorf("truncated or corrupt frame: %w", d.err)
+	}
+	return f, nil
 }
 
-func (fr *frameReader) series(f *frame) error {
-	n, err := fr.uvarint(maxLabels)
-	if err != nil {
-		return err
-	}
+func (fr *frameReader) series(f *frame) {
+	d := &fr.d
+	n := d.uvarint(maxLabels)
 	fr.sb.Reset()
 	for range n {
-		name, err := fr.str()
-		if err != nil {
-			return err
+		name, value := d.bytes(), d.bytes()
+		if d.err != nil {
+			return
 		}
-		value, err := fr.str()
-		if err != nil {
-			return err
-		}
-		fr.sb.Add(name, value)
+		// Labels copies the strings out (one allocation for the series
+		// under stringlabels); with other label builds they keep pointing
+		// into the response, which is never modified.
+		fr.sb.Add(unsafe.String(unsafe.SliceData(name), len(name)), unsafe.String(unsafe.SliceData(value), len(value)))
 	}
 	fr.sb.Sort()
 	f.lset = fr.sb.Labels()
-	if n, err = fr.uvarint(maxChunks); err != nil {
-		return err
+	// Check the chunks now, so that iterating them cannot fail on framing.
+	n = d.uvarint(maxChunks)
+	start := d.b
+	prevMaxt := int64(math.MinInt64)
+	for i := range n {
+		enc := chunkenc.Encoding(d.byte())
+		mint := d.varint()
+		span := d.uvarint(math.MaxInt64)
+		b := d.bytes()
+		if d.err != nil {
+			return
+		}
+		// Two bytes hold the sample count of every encoding; shorter makes
+		// the decoders panic. Past that they trust the peer's bytes.
+		if len(b) < 2 || !chunkenc.IsValidEncoding(enc) || int(enc) >= numEncodings || mint > math.MaxInt64-int64(span) {
+			d.fail()
+			return
+		}
+		if i > 0 && mint <= prevMaxt {
+			d.err = fmt.Errorf("overlapping chunks: %w", errMalformed)
+			return
+		}
+		prevMaxt = mint + int64(span)
 	}
-	for range n {
-		enc, err := fr.r.ReadByte()
-		if err != nil {
-			return unexpected(err)
-		}
-		mint, err := binary.ReadVarint(fr.r)
-		if err != nil {
-			return unexpected(err)
-		}
-		span, err := fr.uvarint(math.MaxInt64)
-		if err != nil {
-			return err
-		}
-		b, err := fr.bytes()
-		if err != nil {
-			return err
-		}
-		if !chunkenc.IsValidEncoding(chunkenc.Encoding(enc)) || mint > math.MaxInt64-int64(span) {
-			return errMalformed
-		}
-		if k := len(f.chunks); k > 0 && mint <= f.chunks[k-1].MaxTime {
-			return fmt.Errorf("overlapping chunks: %w", errMalformed)
-		}
-		chk, err := chunkenc.FromData(chunkenc.Encoding(enc), b)
-		if err != nil {
-			return fmt.Errorf("chunk: %w: %w", errMalformed, err)
-		}
-		f.chunks = append(f.chunks, chunks.Meta{Chunk: chk, MinTime: mint, MaxTime: mint + int64(span)})
-	}
-	return nil
+	f.chunks = start[: len(start)-len(d.b) : len(start)-len(d.b)]
 }
+
+// numEncodings bounds the chunk encodings a reader keeps a chunk for.
+const numEncodings = 8
+
+// wireChunks walks the chunks of a series frame, as checked by the reader.
+type wireChunks struct{ b []byte }
+
+// next returns the next chunk's encoding, span and bytes; ok is false at
+// the end.
+func (w *wireChunks) next() (enc chunkenc.Encoding, mint, maxt int64, b []byte, ok bool) {
+	if len(w.b) == 0 {
+		return 0, 0, 0, nil, false
+	}
+	d := sliceReader{b: w.b}
+	enc = chunkenc.Encoding(d.byte())
+	mint = d.varint()
+	maxt = mint + int64(d.uvarint(math.MaxInt64))
+	b = d.bytes()
+	w.b = d.b
+	return enc, mint, maxt, b, d.err == nil
+}
+
+// metas decodes the chunks of a series frame into chunk metas.
+func (f *frame) metas() ([]chunks.Meta, error) {
+	var out []chunks.Meta
+	w := wireChunks{f.chunks}
+	for {
+		enc, mint, maxt, b, ok := w.next()
+		if !ok {
+			return out, nil
+		}
+		chk, err := chunkenc.FromData(enc, b)
+		if err != nil {
+			return nil, fmt.Errorf("chunk: %w: %w", errMalformed, err)
+		}
+		out = append(out, chunks.Meta{Chunk: chk, MinTime: mint, MaxTime: maxt})
+	}
+}
+
+// unframe decodes a snappy-framed stream (github.com/google/snappy
+// framing_format.txt, as snappy.Writer writes it) in one allocation of the
+// decoded size, checking each block's CRC like snappy.Reader does. Reading
+// it through snappy.Reader would copy everything once more and allocate per
+// call two 64 KiB buffers.
+func unframe(src []byte) ([]byte, error) {
+	const (
+		typeCompressed   = 0x00
+		typeUncompressed = 0x01
+		typeStreamID     = 0xff
+		maxBlock         = 65536
+	)
+	// Pass one checks the framing and sums the decoded sizes.
+	size := 0
+	for b, first := src, true; len(b) > 0; first = false {
+		if len(b) < 4 {
+			return nil, errMalformed
+		}
+		typ, n := b[0], int(b[1])|int(b[2])<<8|int(b[3])<<16
+		if len(b) < 4+n || first && typ != typeStreamID {
+			return nil, errMalformed
+		}
+		body := b[4 : 4+n]
+		b = b[4+n:]
+		switch {
+		case typ == typeCompressed || typ == typeUncompressed:
+			if n < 4 {
+				return nil, errMalformed
+			}
+			k := n - 4
+			if typ == typeCompressed {
+				var err error
+				if k, err = snappy.DecodedLen(body[4:]); err != nil {
+					return nil, fmt.Errorf("snappy: %w: %w", errMalformed, err)
+				}
+			}
+			if k > maxBlock {
+				return nil, errMalformed
+			}
+			size += k
+		case typ == typeStreamID:
+			if string(body) != "sNaPpY" {
+				return nil, errMalformed
+			}
+		case typ < 0x80: // reserved unskippable
+			return nil, errMalformed
+		}
+	}
+	out := make([]byte, size)
+	off := 0
+	for b := src; len(b) > 0; {
+		typ, n := b[0], int(b[1])|int(b[2])<<8|int(b[3])<<16
+		body := b[4 : 4+n]
+		b = b[4+n:]
+		if typ != typeCompressed && typ != typeUncompressed {
+			continue
+		}
+		sum, data := binary.LittleEndian.Uint32(body), body[4:]
+		var block []byte
+		if typ == typeCompressed {
+			k, _ := snappy.DecodedLen(data)
+			var err error
+			if block, err = snappy.Decode(out[off:off+k], data); err != nil {
+				return nil, fmt.Errorf("snappy: %w: %w", errMalformed, err)
+			}
+		} else {
+			block = out[off : off+len(data)]
+			copy(block, data)
+		}
+		if c := crc32.Update(0, castagnoli, block); (c>>15|c<<17)+0xa282ead8 != sum {
+			return nil, fmt.Errorf("snappy checksum: %w", errMalformed)
+		}
+		off += len(block)
+	}
+	return out, nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
