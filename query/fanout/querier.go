@@ -194,7 +194,7 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 	if hints != nil {
 		limit = hints.Limit
 	}
-	return &warnSeriesSet{SeriesSet: storage.NewMergeSeriesSet(sets, limit, storage.ChainedSeriesMerge), ws: ws}
+	return &warnSeriesSet{SeriesSet: storage.NewMergeSeriesSet(sets, limit, replicaMerge), ws: ws}
 }
 
 type chunkQuerier struct{ base }
@@ -224,7 +224,7 @@ func (qr *chunkQuerier) Select(ctx context.Context, sortSeries bool, hints *stor
 	if hints != nil {
 		limit = hints.Limit
 	}
-	merged := storage.NewMergeChunkSeriesSet(sets, limit, storage.NewCompactingChunkSeriesMerger(storage.ChainedSeriesMerge))
+	merged := storage.NewMergeChunkSeriesSet(sets, limit, storage.NewCompactingChunkSeriesMerger(replicaMerge))
 	return &warnChunkSet{ChunkSeriesSet: merged, ws: ws}
 }
 
