@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/kilnhq/kiln/cluster/raftstore"
 	"github.com/kilnhq/kiln/cluster/ring"
@@ -39,22 +40,29 @@ type Cluster struct {
 	ml         *memberlist.Memberlist
 	gossipAddr string
 
-	raftConf  *raft.Config
-	raftTrans raft.Transport
-	raftAddr  string
-	logs      raft.LogStore
-	stable    raft.StableStore
-	snaps     raft.SnapshotStore
-	store     io.Closer // the badger store, nil in memory
-	fsm       *fsm
-	raft      atomic.Pointer[raft.Raft]
-	hasState  atomic.Bool
-	joined    atomic.Bool
-	ring      atomic.Pointer[ring.Ring]
-	running   atomic.Bool
-	closeOnce sync.Once
-	closeErr  error
+	raftConf    *raft.Config
+	raftTrans   raft.Transport
+	raftAddr    string
+	logs        raft.LogStore
+	stable      raft.StableStore
+	snaps       raft.SnapshotStore
+	store       io.Closer // the badger store, nil in memory
+	fsm         *fsm
+	raft        atomic.Pointer[raft.Raft]
+	hasState    atomic.Bool
+	joined      atomic.Bool
+	ring        atomic.Pointer[ring.Ring]
+	running     atomic.Bool
+	closeOnce   sync.Once
+	closeErr    error
+	metaMu      sync.Mutex    // serialises changes of gossip.meta
+	metaChanged chan struct{} // capacity 1: gossip the new metadata
+	ringChanged chan struct{} // capacity 1: the mover looks at the new ring
+	httpc       *fasthttp.Client
+	bytesMoved  atomic.Int64
+	moveETA     atomic.Int64 // nanoseconds
 	// Owned by Run's goroutine.
+	deadSince     map[string]time.Time
 	lastLeader    raft.ServerID
 	bootView      string
 	bootViewSince time.Time
@@ -70,7 +78,15 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Cluster
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	c := &Cluster{cfg: cfg, logger: logger.With("node", cfg.NodeName)}
+	c := &Cluster{
+		cfg: cfg, logger: logger.With("node", cfg.NodeName),
+		metaChanged: make(chan struct{}, 1), ringChanged: make(chan struct{}, 1),
+		deadSince: map[string]time.Time{},
+		httpc: &fasthttp.Client{
+			Name: "kiln-cluster", ReadTimeout: raftTimeout + time.Second, WriteTimeout: raftTimeout,
+			MaxConnsPerHost: 4, NoDefaultUserAgentHeader: true,
+		},
+	}
 	c.fsm = newFSM(c.onState)
 	defer func() {
 		if err != nil {
@@ -317,13 +333,18 @@ func (c *Cluster) RegisterHandler(t CommandType, h Handler) { c.fsm.register(t, 
 // Apply replicates a command through Raft and waits until this node applied
 // it. Only the leader can apply; others get ErrNotLeader.
 func (c *Cluster) Apply(ctx context.Context, t CommandType, payload any) error {
-	r := c.raft.Load()
-	if r == nil || r.State() != raft.Leader {
-		return ErrNotLeader
-	}
 	data, err := encodeCommand(t, payload)
 	if err != nil {
 		return fmt.Errorf("cluster: encode %s: %w", t, err)
+	}
+	return c.applyData(ctx, t, data)
+}
+
+// applyData applies an encoded command on the leader.
+func (c *Cluster) applyData(ctx context.Context, t CommandType, data []byte) error {
+	r := c.raft.Load()
+	if r == nil || r.State() != raft.Leader {
+		return ErrNotLeader
 	}
 	timeout := raftTimeout
 	if d, ok := ctx.Deadline(); ok {
@@ -346,23 +367,49 @@ func (c *Cluster) Apply(ctx context.Context, t CommandType, payload any) error {
 }
 
 // onState runs on the FSM goroutine after every change: it publishes the
-// ring for the new member list.
+// ring for the new assignment and gossips the applied epoch.
 func (c *Cluster) onState(old, cur *State) {
 	prev := c.ring.Load()
-	if prev != nil && old.Epoch == cur.Epoch && old.ReplicationFactor == cur.ReplicationFactor {
+	if prev != nil && old.Epoch == cur.Epoch && old.ReplicationFactor == cur.ReplicationFactor &&
+		sameAssignment(old.Partitions, cur.Partitions) {
 		return
 	}
 	if cur.ReplicationFactor < 1 {
 		return // not initialised yet
 	}
-	r, err := ring.New(cur.Members, cur.ReplicationFactor, cur.Epoch)
+	r, err := ring.NewAssigned(cur.nodes(), cur.ReplicationFactor, cur.Epoch, cur.Partitions)
 	if err != nil {
 		c.logger.Error("cannot compute ring", "epoch", cur.Epoch, "err", err)
 		return
 	}
 	c.ring.Store(r)
 	if prev.Epoch() != r.Epoch() {
-		c.logger.Info("ring epoch changed", "epoch", r.Epoch(), "members", len(r.Members()), "rf", r.RF())
+		c.logger.Info("ring epoch changed", "epoch", r.Epoch(), "members", len(cur.Members), "leaving", len(cur.Leaving),
+			"removed", len(cur.Former), "rf", r.RF(), "moving_partitions", r.MovingCount())
+		c.updateMeta(func(m *nodeMeta) { m.Epoch = r.Epoch() })
+	}
+	select {
+	case c.ringChanged <- struct{}{}:
+	default:
+	}
+}
+
+// sameAssignment reports whether a and b are the same published slice.
+func sameAssignment(a, b Assignment) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// updateMeta changes this node's gossip metadata; Run's metadata loop
+// broadcasts it.
+func (c *Cluster) updateMeta(f func(*nodeMeta)) {
+	c.metaMu.Lock()
+	m := *c.gossip.meta.Load()
+	f(&m)
+	c.gossip.meta.Store(&m)
+	c.metaMu.Unlock()
+	select {
+	case c.metaChanged <- struct{}{}:
+	default:
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -56,7 +58,11 @@ func (n *testNet) node(name string, mutate func(*Config), peers ...*Cluster) *Cl
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	c, err := New(cfg, prometheus.NewRegistry(), nil)
+	var logger *slog.Logger
+	if os.Getenv("CLUSTER_TEST_LOG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	c, err := New(cfg, prometheus.NewRegistry(), logger)
 	require.NoError(n.t, err)
 	return c
 }

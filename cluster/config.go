@@ -49,6 +49,25 @@ type Config struct {
 	BootstrapSettle time.Duration
 	Now             func() time.Time // default time.Now
 
+	// DeadNodeTimeout is how long gossip must report a member dead or
+	// unreachable before the leader removes it (its partitions are then
+	// copied to new owners); default 5m.
+	DeadNodeTimeout time.Duration
+	// Mover copies and deletes partition data; nil = moves are no-ops that
+	// report ready at once.
+	Mover Mover
+	// MaxConcurrentMoves bounds the partitions this node fetches at once;
+	// default 2.
+	MaxConcurrentMoves int
+	// MoveRate is the byte rate (per second) moves should not exceed;
+	// default 64 MiB/s. Enforcing it is the Mover's job: the cluster only
+	// carries the flag (--cluster.move-rate).
+	MoveRate int64
+	// DropDelay is how long a partition must stay out of this node's
+	// settled and target owners before its data is dropped, so that reads
+	// and fetches planned on an older ring finish first; default 1m.
+	DropDelay time.Duration
+
 	// Test seams; nil = the real network and production timings.
 	RaftTransport   raft.Transport       // e.g. raft.InmemTransport; RaftBindAddr is then ignored
 	GossipTransport memberlist.Transport // e.g. memberlist.MockNetwork; BindAddr is then ignored
@@ -86,6 +105,18 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.DeadNodeTimeout <= 0 {
+		c.DeadNodeTimeout = 5 * time.Minute
+	}
+	if c.MaxConcurrentMoves <= 0 {
+		c.MaxConcurrentMoves = 2
+	}
+	if c.MoveRate <= 0 {
+		c.MoveRate = 64 << 20
+	}
+	if c.DropDelay <= 0 {
+		c.DropDelay = time.Minute
 	}
 	return nil
 }

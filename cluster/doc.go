@@ -39,6 +39,30 @@
 // every ring member in the Raft configuration: up to 3 voters (5 from 7
 // members), the rest non-voters, preferring current voters; a voter that
 // gossip reports dead is replaced by an alive non-voter, then demoted, so
-// quorum survives further failures. Dead members stay in the ring (a later
-// dead-node timeout removes them).
+// quorum survives further failures. A member gossip reports dead or
+// unreachable for DeadNodeTimeout is removed (as is a drained leaver once
+// it left gossip), then taken out of the Raft configuration.
+//
+// Assignment. Per partition the State keeps the settled owners (complete
+// copies; reads use them: Ring.OwnerIndexes), the target (the placement of
+// the current members minus leavers) and the target owners that reported
+// ready. Writes go to settled ∪ target (Ring.WriteOwnerIndexes). A new
+// target owner fetches the partition from an alive settled owner through
+// Config.Mover and reports PartitionReady (forwarded to the leader over
+// ApplyPath when it does not lead); once every target owner is settled or
+// ready, settled := target in one step, so a read set never mixes old and
+// new owners and R + W > RF keeps holding; then the old owners drop it after
+// DropDelay. A removed node stays settled (not alive, so reads skip it)
+// until the new owners are ready; one rejoining under its name is a new
+// member whose old copies count for nothing. A partition none of whose
+// settled owners is a member any more (and a new cluster) settles at once.
+// Reports are idempotent: one for a partition whose target changed after the
+// reported epoch (TargetEpoch) is ignored and the copy fetched again.
+//
+// Catch-up race. A write coordinated on a node still on the previous epoch
+// skips the new owner; a copy taken before that write reached an old owner
+// would miss it. So a node fetches only once every alive member gossips
+// (node metadata) that it applied the ring's epoch, plus one
+// ReconcileInterval for writes in flight (after 30 ReconcileIntervals a
+// member that never catches up is logged and ignored).
 package cluster

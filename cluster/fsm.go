@@ -29,11 +29,24 @@ type State struct {
 	ReplicationFactor int           `json:"replication_factor"`
 	Epoch             uint64        `json:"epoch"`
 	Members           []ring.Member `json:"members"` // sorted by name
+	// Leaving are members that asked to leave (sorted): out of every
+	// target, still settled owners (and fetch sources) until others hold
+	// their partitions.
+	Leaving []string `json:"leaving,omitempty"`
+	// Former are removed members still named as settled owners (sorted by
+	// name): not sources, kept until the new owners are ready.
+	Former []ring.Member `json:"former,omitempty"`
+	// Partitions is the assignment, NumPartitions entries once the first
+	// member is known. Handlers replace it (copy on write), never change
+	// it in place: published states share it.
+	Partitions Assignment `json:"assignment,omitzero"`
 }
 
 func (s *State) clone() *State {
 	c := *s
 	c.Members = slices.Clone(s.Members)
+	c.Leaving = slices.Clone(s.Leaving)
+	c.Former = slices.Clone(s.Former)
 	return &c
 }
 
@@ -47,6 +60,15 @@ const (
 	CmdInit CommandType = "init"
 	// CmdUpsertMembers adds members or updates their address and zone.
 	CmdUpsertMembers CommandType = "upsert_members"
+	// CmdRemoveMembers removes members (dead past the timeout, or drained
+	// after leaving) from the members and every target.
+	CmdRemoveMembers CommandType = "remove_members"
+	// CmdLeave takes a member out of every target; it stays a settled
+	// owner until the new owners are ready.
+	CmdLeave CommandType = "leave"
+	// CmdPartitionReady reports that a node holds complete copies of
+	// partitions it is a target owner of.
+	CmdPartitionReady CommandType = "partition_ready"
 )
 
 // Command is the envelope of every Raft log entry the FSM applies.
@@ -79,6 +101,7 @@ func applyInit(s *State, payload json.RawMessage) error {
 	}
 	if s.ClusterID == "" {
 		s.ClusterID, s.ReplicationFactor = p.ClusterID, p.ReplicationFactor
+		retarget(s)
 	}
 	return nil
 }
@@ -88,15 +111,19 @@ func applyUpsertMembers(s *State, payload json.RawMessage) error {
 	if err := json.Unmarshal(payload, &p); err != nil {
 		return err
 	}
-	changed := false
 	for _, m := range p.Members {
 		if m.Name == "" {
 			return errors.New("member without name")
 		}
+	}
+	ensureAssigned(s)
+	changed := false
+	for _, m := range p.Members {
 		i, found := slices.BinarySearchFunc(s.Members, m.Name, func(a ring.Member, n string) int { return strings.Compare(a.Name, n) })
 		switch {
 		case !found:
 			s.Members = slices.Insert(s.Members, i, m)
+			forget(s, m.Name) // a removed node rejoining: its old copies are stale
 			changed = true
 		case s.Members[i] != m:
 			s.Members[i] = m
@@ -105,6 +132,7 @@ func applyUpsertMembers(s *State, payload json.RawMessage) error {
 	}
 	if changed {
 		s.Epoch++
+		retarget(s)
 	}
 	return nil
 }
@@ -122,8 +150,11 @@ type fsm struct {
 func newFSM(onChange func(old, cur *State)) *fsm {
 	f := &fsm{
 		handlers: map[CommandType]Handler{
-			CmdInit:          applyInit,
-			CmdUpsertMembers: applyUpsertMembers,
+			CmdInit:           applyInit,
+			CmdUpsertMembers:  applyUpsertMembers,
+			CmdRemoveMembers:  applyRemoveMembers,
+			CmdLeave:          applyLeave,
+			CmdPartitionReady: applyPartitionReady,
 		},
 		onChange: onChange,
 	}
@@ -177,6 +208,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("cluster: restore snapshot: %w", err)
 	}
 	slices.SortFunc(s.Members, func(a, b ring.Member) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(s.Former, func(a, b ring.Member) int { return strings.Compare(a.Name, b.Name) })
+	slices.Sort(s.Leaving)
+	ensureAssigned(&s) // a snapshot from before assignments: what it owns is settled
 	f.set(f.state.Load(), &s)
 	return nil
 }

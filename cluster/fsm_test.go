@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"testing"
@@ -68,36 +69,49 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 		{Name: "n1", Addr: "10.0.0.1:9364", Zone: "a"}, {Name: "n2", Addr: "10.0.0.2:9364", Zone: "b"}, {Name: "n3", Addr: "10.0.0.3:9364"},
 	}}))
 	require.Nil(t, applyCmd(t, f, CmdUpsertMembers, upsertPayload{Members: []ring.Member{{Name: "n4", Addr: "10.0.0.4:9364"}}}))
+	// Moves in flight: n4 is ready for some partitions, n3 is leaving.
+	fetch := moveRing(t, f).PartitionsToFetch("n4")
+	require.NotEmpty(t, fetch)
+	require.Nil(t, applyCmd(t, f, CmdPartitionReady, readyPayload{Node: "n4", Epoch: 2, Partitions: fetch[:len(fetch)/2]}))
+	require.Nil(t, applyCmd(t, f, CmdLeave, leavePayload{Node: "n3"}))
+	require.Positive(t, moveRing(t, f).MovingCount())
 
 	store := raft.NewInmemSnapshotStore()
 	snap, err := f.Snapshot()
 	require.NoError(t, err)
+	want, wantMoving := f.State(), moveRing(t, f).MovingCount()
 	// Changes after Snapshot must not leak into it.
 	require.Nil(t, applyCmd(t, f, CmdUpsertMembers, upsertPayload{Members: []ring.Member{{Name: "n5"}}}))
 	sink, err := store.Create(raft.SnapshotVersionMax, 10, 1, raft.Configuration{}, 1, nil)
 	require.NoError(t, err)
 	require.NoError(t, snap.Persist(sink))
 	snap.Release()
+	_, rc, err := store.Open(sink.ID())
+	require.NoError(t, err)
+	raw, err := io.ReadAll(rc)
+	require.NoError(t, err)
+	t.Logf("snapshot of 4 members, RF 2, moves in flight: %d bytes", len(raw))
+	require.Less(t, len(raw), 24<<10, "the assignment is encoded compactly")
 
 	g := newFSM(func(_, cur *State) {
-		r, err := ring.New(cur.Members, cur.ReplicationFactor, cur.Epoch)
+		r, err := ring.NewAssigned(cur.nodes(), cur.ReplicationFactor, cur.Epoch, cur.Partitions)
 		require.NoError(t, err)
 		rings = append(rings, r)
 	})
-	_, rc, err := store.Open(sink.ID())
-	require.NoError(t, err)
-	require.NoError(t, g.Restore(rc))
-
-	want := &State{ClusterID: "c1", ReplicationFactor: 2, Epoch: 2, Members: []ring.Member{
-		{Name: "n1", Addr: "10.0.0.1:9364", Zone: "a"}, {Name: "n2", Addr: "10.0.0.2:9364", Zone: "b"},
-		{Name: "n3", Addr: "10.0.0.3:9364"}, {Name: "n4", Addr: "10.0.0.4:9364"},
-	}}
+	require.NoError(t, g.Restore(io.NopCloser(bytes.NewReader(raw))))
 	require.Equal(t, want, g.State())
 	require.Len(t, rings, 1, "restore publishes a ring")
-	require.Equal(t, uint64(2), rings[0].Epoch())
+	require.Equal(t, want.Epoch, rings[0].Epoch())
+	require.Equal(t, wantMoving, rings[0].MovingCount())
 
 	require.Error(t, g.Restore(io.NopCloser(jsonReader("not json"))))
 	require.Equal(t, want, g.State(), "a failed restore keeps the state")
+
+	// A snapshot from before assignments settles its placement at once.
+	h := newFSM(nil)
+	require.NoError(t, h.Restore(io.NopCloser(jsonReader(`{"cluster_id":"c1","replication_factor":2,"epoch":3,"members":[{"name":"b"},{"name":"a"}]}`))))
+	require.Len(t, h.State().Partitions, ring.NumPartitions)
+	require.Zero(t, moveRing(t, h).MovingCount())
 }
 
 type jsonReader string

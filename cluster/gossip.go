@@ -26,6 +26,9 @@ type nodeMeta struct {
 	// HasState is true once this node's Raft has a log or snapshot: a node
 	// that sees such a member never bootstraps a cluster of its own.
 	HasState bool `json:"state,omitempty"`
+	// Epoch is the assignment epoch this node applied: a node fetches a
+	// partition only once every alive member routes writes by its epoch.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 func (m nodeMeta) encode() []byte {

@@ -10,6 +10,9 @@ type metrics struct {
 	members          *prometheus.GaugeVec
 	raftState        *prometheus.GaugeVec
 	reconcileActions *prometheus.CounterVec
+	moves            *prometheus.CounterVec
+	moveBytes        prometheus.Counter
+	deadRemoved      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
@@ -26,6 +29,18 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 			Name: "kiln_cluster_reconciler_actions_total",
 			Help: "Changes the leader's reconciler committed, by action.",
 		}, []string{"action"}),
+		moves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_cluster_moves_total",
+			Help: "Partition moves this node made, by result (fetched, fetch_failed, dropped, drop_failed).",
+		}, []string{"result"}),
+		moveBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_cluster_move_bytes_total",
+			Help: "Bytes of partition data this node fetched from other members.",
+		}),
+		deadRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_cluster_dead_nodes_removed_total",
+			Help: "Members the leader removed after DeadNodeTimeout of being dead or unreachable.",
+		}),
 	}
 	raftNum := func(f func(r *raft.Raft) float64) func() float64 {
 		return func() float64 {
@@ -36,7 +51,11 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.members, m.raftState, m.reconcileActions,
+		reg.MustRegister(m.members, m.raftState, m.reconcileActions, m.moves, m.moveBytes, m.deadRemoved,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kiln_cluster_partitions_moving",
+				Help: "Partitions whose settled owners differ from their target owners.",
+			}, func() float64 { return float64(c.Ring().MovingCount()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "kiln_cluster_is_leader", Help: "1 if this node is the Raft leader.",
 			}, raftNum(func(r *raft.Raft) float64 {

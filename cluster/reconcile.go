@@ -66,6 +66,13 @@ func (c *Cluster) reconcile(r *raft.Raft) {
 		st = c.fsm.State()
 	}
 
+	// 1b. Members gossip has reported dead or unreachable for
+	// DeadNodeTimeout, and drained leavers gone from gossip, are removed.
+	if !c.removeGone(r, st, peers) {
+		return
+	}
+	st = c.fsm.State()
+
 	// 2. Raft: every ring member is a server; voters are kept at the target.
 	cf := r.GetConfiguration()
 	if cf.Error() != nil {
@@ -111,6 +118,71 @@ func (c *Cluster) reconcile(r *raft.Raft) {
 		}
 	}
 	c.balanceVoters(r, peers, target)
+
+	// 3. Removed members leave the Raft configuration (only once gossip
+	// agrees they are gone, so a bootstrap voter not yet upserted stays).
+	cf = r.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	for _, s := range cf.Configuration().Servers {
+		name := string(s.ID)
+		if name == c.cfg.NodeName {
+			continue
+		}
+		if _, member := memberIndex(st.Members, name); member {
+			continue
+		}
+		p, known := peers[name]
+		_, former := memberIndex(st.Former, name)
+		if former || (known && !p.alive()) {
+			if !c.raftChange("remove_server", name, r.RemoveServer(s.ID, 0, raftTimeout)) {
+				return
+			}
+		}
+	}
+}
+
+// removeGone proposes the removal of members dead or unreachable for
+// longer than DeadNodeTimeout (timed from when this leader first saw them
+// gone) and of leaving members that hold no settled partition and left
+// gossip. It reports false if a proposal failed.
+func (c *Cluster) removeGone(r *raft.Raft, st *State, peers map[string]peer) bool {
+	now := c.cfg.Now()
+	rg := c.Ring()
+	var names []string
+	dead := 0
+	for _, m := range st.Members {
+		p, known := peers[m.Name]
+		if m.Name == c.cfg.NodeName || (known && p.alive()) {
+			delete(c.deadSince, m.Name)
+			continue
+		}
+		since, seen := c.deadSince[m.Name]
+		if !seen {
+			c.deadSince[m.Name], since = now, now
+		}
+		_, leaving := slices.BinarySearch(st.Leaving, m.Name)
+		switch {
+		case leaving && len(rg.PartitionsOf(m.Name)) == 0:
+			names = append(names, m.Name)
+		case now.Sub(since) >= c.cfg.DeadNodeTimeout:
+			names = append(names, m.Name)
+			dead++
+		}
+	}
+	if len(names) == 0 {
+		return true
+	}
+	if !c.propose(r, "remove_members", CmdRemoveMembers, removePayload{Names: names}) {
+		return false
+	}
+	for _, n := range names {
+		delete(c.deadSince, n)
+	}
+	c.metrics.deadRemoved.Add(float64(dead))
+	c.logger.Warn("members removed", "members", names, "dead_past_timeout", dead, "timeout", c.cfg.DeadNodeTimeout, "epoch", c.fsm.State().Epoch)
+	return true
 }
 
 // balanceVoters promotes alive non-voters while voters are missing or dead,

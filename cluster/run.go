@@ -35,6 +35,8 @@ func (c *Cluster) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	wg.Go(func() { c.joinLoop(ctx) })
+	wg.Go(func() { c.metaLoop(ctx) })
+	wg.Go(func() { c.moveLoop(ctx, r) })
 
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
@@ -43,9 +45,8 @@ func (c *Cluster) Run(ctx context.Context) error {
 		c.step(r)
 		select {
 		case <-ctx.Done():
-			err := c.shutdown(r)
-			wg.Wait()
-			return err
+			wg.Wait() // the mover's fetches end before gossip and Raft do
+			return c.shutdown(r)
 		case <-tick.C:
 		case <-c.gossip.changed:
 		case <-leaderCh:
@@ -124,6 +125,8 @@ func (c *Cluster) step(r *raft.Raft) {
 	c.metrics.observeGossip(c.gossip.peerMap(), c.ml.Members())
 	if r.State() == raft.Leader {
 		c.reconcile(r)
+	} else {
+		clear(c.deadSince) // a later leadership times deaths afresh
 	}
 }
 
@@ -131,15 +134,22 @@ func (c *Cluster) step(r *raft.Raft) {
 // that sees it bootstraps a separate cluster.
 func (c *Cluster) markHasState() {
 	c.hasState.Store(true)
-	m := *c.gossip.meta.Load()
-	m.HasState = true
-	c.gossip.meta.Store(&m)
-	go func() {
-		// UpdateNode waits for the broadcast; Run must not.
-		if err := c.ml.UpdateNode(time.Second); err != nil {
-			c.logger.Debug("gossip metadata update", "err", err)
+	c.updateMeta(func(m *nodeMeta) { m.HasState = true })
+}
+
+// metaLoop broadcasts metadata changes; UpdateNode waits for the
+// broadcast, which neither Run nor the FSM must.
+func (c *Cluster) metaLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.metaChanged:
+			if err := c.ml.UpdateNode(time.Second); err != nil {
+				c.logger.Debug("gossip metadata update", "err", err)
+			}
 		}
-	}()
+	}
 }
 
 // maybeBootstrap bootstraps a new cluster when it is safe: gossip joined, no

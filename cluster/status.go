@@ -3,6 +3,7 @@ package cluster
 import (
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
@@ -12,14 +13,20 @@ import (
 
 // Status is this node's view of the cluster, for GET /api/v1/status/cluster.
 type Status struct {
-	Self                      string         `json:"self"`
-	ClusterID                 string         `json:"cluster_id"`
-	Leader                    LeaderStatus   `json:"leader"`
-	Term                      uint64         `json:"term"`
-	Epoch                     uint64         `json:"epoch"`
-	ReplicationFactor         int            `json:"replication_factor"`
-	UnderReplicatedPartitions int            `json:"under_replicated_partitions"`
-	Members                   []MemberStatus `json:"members"`
+	Self                      string       `json:"self"`
+	ClusterID                 string       `json:"cluster_id"`
+	Leader                    LeaderStatus `json:"leader"`
+	Term                      uint64       `json:"term"`
+	Epoch                     uint64       `json:"epoch"`
+	ReplicationFactor         int          `json:"replication_factor"`
+	UnderReplicatedPartitions int          `json:"under_replicated_partitions"` // alive settled owners < RF
+	MovingPartitions          int          `json:"moving_partitions"`           // settled owners != target
+	// BytesMoved is what this node fetched since it started; MoveETASeconds
+	// estimates its remaining fetches from their average duration (0 when
+	// nothing is left or nothing was measured yet).
+	BytesMoved     int64          `json:"bytes_moved"`
+	MoveETASeconds float64        `json:"move_eta_seconds"`
+	Members        []MemberStatus `json:"members"`
 }
 
 // LeaderStatus names the Raft leader; empty when none is known.
@@ -38,7 +45,13 @@ type MemberStatus struct {
 	GossipState string `json:"gossip_state"` // alive, suspect, dead, left, unknown
 	RaftRole    string `json:"raft_role"`    // leader, voter, nonvoter, none
 	InRing      bool   `json:"in_ring"`
-	Partitions  int    `json:"partitions"` // partitions owned as any replica
+	Leaving     bool   `json:"leaving,omitempty"` // handing its partitions over
+	Removed     bool   `json:"removed,omitempty"` // removed, still holds settled copies
+	Partitions  int    `json:"partitions"`        // partitions settled here (as any replica)
+	// PartitionsSettled and PartitionsTarget count the partitions the
+	// member holds completely and those the placement wants it to hold.
+	PartitionsSettled int `json:"partitions_settled"`
+	PartitionsTarget  int `json:"partitions_target"`
 }
 
 // Status reports the cluster as this node sees it. It reads local state
@@ -51,6 +64,9 @@ func (c *Cluster) Status() Status {
 		ClusterID:         st.ClusterID,
 		Epoch:             rg.Epoch(),
 		ReplicationFactor: st.ReplicationFactor,
+		MovingPartitions:  rg.MovingCount(),
+		BytesMoved:        c.bytesMoved.Load(),
+		MoveETASeconds:    time.Duration(c.moveETA.Load()).Seconds(),
 	}
 	byName := map[string]*MemberStatus{}
 	get := func(name string) *MemberStatus {
@@ -93,9 +109,12 @@ func (c *Cluster) Status() Status {
 	}
 	members := rg.Members()
 	counts := make([]int, len(members))
+	targets := make([]int, len(members))
 	for _, rm := range members {
 		m := get(rm.Name)
 		m.InRing = true
+		_, m.Leaving = slices.BinarySearch(st.Leaving, rm.Name)
+		_, m.Removed = memberIndex(st.Former, rm.Name)
 		if m.APIAddr == "" {
 			m.APIAddr, m.Zone = rm.Addr, rm.Zone
 		}
@@ -113,12 +132,16 @@ func (c *Cluster) Status() Status {
 					n++
 				}
 			}
+			for _, j := range rg.TargetIndexes(uint16(p)) {
+				targets[j]++
+			}
 			if n < rg.RF() {
 				s.UnderReplicatedPartitions++
 			}
 		}
 		for i, rm := range members {
-			byName[rm.Name].Partitions = counts[i]
+			m := byName[rm.Name]
+			m.Partitions, m.PartitionsSettled, m.PartitionsTarget = counts[i], counts[i], targets[i]
 		}
 	}
 	for _, m := range byName {

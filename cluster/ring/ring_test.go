@@ -124,3 +124,39 @@ func TestJoinMovesLittle(t *testing.T) {
 	t.Logf("4 -> 5 nodes: %.1f%% of replicas keep their owner (ideal 80%%)", 100*frac)
 	require.Greater(t, frac, 0.5)
 }
+
+func TestAssignedRingWritesReachSettledAndTarget(t *testing.T) {
+	old, err := New(members(4), 3, 1)
+	require.NoError(t, err)
+	cur, err := New(members(5), 3, 2)
+	require.NoError(t, err)
+	parts := make([]Partition, NumPartitions)
+	names := func(ms []Member) []string {
+		out := make([]string, len(ms))
+		for i, m := range ms {
+			out[i] = m.Name
+		}
+		return out
+	}
+	for p := range uint16(NumPartitions) {
+		parts[p] = Partition{Settled: names(old.Owners(p)), Target: names(cur.Owners(p)), Since: 2}
+	}
+	r, err := NewAssigned(members(5), 3, 2, parts)
+	require.NoError(t, err)
+	require.Equal(t, 3, r.RF())
+	moving := 0
+	for p := range uint16(NumPartitions) {
+		require.Subset(t, r.WriteOwnerIndexes(p), r.OwnerIndexes(p))
+		require.Subset(t, r.WriteOwnerIndexes(p), r.TargetIndexes(p))
+		require.Equal(t, old.Owners(p), r.Owners(p), "reads stay on the settled owners")
+		if r.Moving(p) {
+			moving++
+		}
+	}
+	require.Equal(t, moving, r.MovingCount())
+	require.Equal(t, len(r.PartitionsToFetch("node-4")), len(r.TargetPartitionsOf("node-4")))
+	require.Empty(t, r.PartitionsOf("node-4"))
+	require.False(t, r.MayDrop("node-4", r.TargetPartitionsOf("node-4")[0]))
+	_, err = NewAssigned(members(2), 3, 1, []Partition{{}})
+	require.Error(t, err)
+}
