@@ -99,10 +99,14 @@ func (c *inprocCluster) Appender(context.Context) storage.Appender {
 
 func (c *inprocCluster) StartTime() (int64, error) { return c.nodes[c.read].db.StartTime() }
 
+// Close stops the nodes. fasthttp's Shutdown polls every 100 ms until
+// keep-alive connections are gone; the evals are done by now, so it runs in
+// the background rather than adding 100 ms to each of the ~600 groups.
 func (c *inprocCluster) Close() error {
 	var errs []error
 	for _, nd := range c.nodes {
-		errs = append(errs, nd.srv.Shutdown(), nd.writer.Close(), nd.db.Close())
+		go func() { _ = nd.srv.Shutdown() }()
+		errs = append(errs, nd.writer.Close(), nd.db.Close())
 	}
 	return errors.Join(errs...)
 }
