@@ -281,6 +281,8 @@ func TestDeadNodeIsRemovedAndItsPartitionsReReplicated(t *testing.T) {
 	for i := 1; i <= 4; i++ {
 		c, _ := moveNode(t, n, fmt.Sprintf("n%d", i), func(cfg *Config) { cfg.DeadNodeTimeout = 2 * time.Second }, cs...)
 		cs = append(cs, c)
+	}
+	for _, c := range cs { // MockNetwork: create every node before running any
 		stops[c.Self()] = run(t, c)
 	}
 	require.Eventually(t, func() bool { return settledEverywhere(4, cs...) }, 2*waitFor, 20*time.Millisecond)
@@ -324,6 +326,8 @@ func TestLeaveOfOneOfFiveNeverUnderReplicates(t *testing.T) {
 	for i := 1; i <= 5; i++ {
 		c, _ := moveNode(t, n, fmt.Sprintf("n%d", i), nil, cs...)
 		cs = append(cs, c)
+	}
+	for _, c := range cs {
 		stops[c.Self()] = run(t, c)
 	}
 	require.Eventually(t, func() bool { return settledEverywhere(5, cs...) }, 2*waitFor, 20*time.Millisecond)
