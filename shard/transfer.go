@@ -22,7 +22,8 @@ package shard
 //	    family, type, unit, help              (each uvarint length + bytes)
 //	'S' series, zero or more, sorted by labels:
 //	    labels as in the S records of docs/storage.md (uvarint count, then
-//	    uvarint-length-prefixed name and value, sorted by name, no duplicates)
+//	    uvarint-length-prefixed name and value, sorted by name, no duplicate
+//	    names, no empty values; the series must hash to the header's partition)
 //	'C' chunk of the latest series, one or more after each 'S':
 //	    encoding:u8 mint:varint maxt:varint samples:uvarint chunk bytes
 //	    (the rest of the payload: Prometheus tsdb/chunkenc bytes of that
@@ -345,7 +346,18 @@ type partitionView struct {
 	series     []viewSeries
 	txn        *badger.Txn
 	it         *badger.Iterator
+	waitFlush  bool
+	opened     time.Time // when txn was opened
 }
+
+// viewTxnMaxAge bounds how long a view keeps one read transaction. An open
+// transaction keeps badger from reclaiming what was deleted since (chunks
+// rewritten by flushes, write-ahead values), which matters for a slow,
+// rate-limited export. A newer transaction is as good for the view: it
+// holds every chunk the old one did except those retention deleted, and
+// chunks persisted since are either in the memory snapshot (same seq,
+// skipped) or new out-of-order chunks whose samples the merge dedups.
+var viewTxnMaxAge = 30 * time.Second // a variable for tests
 
 // partitionSeries returns the live series of partition p sorted by labels.
 func (db *DB) partitionSeries(p uint16) []*memSeries {
@@ -368,7 +380,7 @@ func (db *DB) partitionSeries(p uint16) []*memSeries {
 // chunk. Without waitFlush a chunk evicted by a flush still writing may be
 // missed (good enough for the importer's duplicate check).
 func (db *DB) viewPartition(p uint16, mint, maxt int64, waitFlush bool) *partitionView {
-	v := &partitionView{db: db, mint: mint, maxt: maxt}
+	v := &partitionView{db: db, mint: mint, maxt: maxt, waitFlush: waitFlush}
 	need := false
 	for _, s := range db.partitionSeries(p) {
 		if vs, ok := snapshotSeries(s, mint, maxt); ok {
@@ -377,7 +389,7 @@ func (db *DB) viewPartition(p uint16, mint, maxt int64, waitFlush bool) *partiti
 		}
 	}
 	if need {
-		v.openTxn(waitFlush)
+		v.openTxn()
 	}
 	return v
 }
@@ -393,12 +405,13 @@ func snapshotSeries(s *memSeries, mint, maxt int64) (viewSeries, bool) {
 	return viewSeries{s: s, mem: mem, memSeqs: seqs, needDisk: needDisk}, true
 }
 
-func (v *partitionView) openTxn(waitFlush bool) {
-	if waitFlush {
+func (v *partitionView) openTxn() {
+	if v.waitFlush {
 		v.db.flushMu.Lock()
 		defer v.db.flushMu.Unlock()
 	}
 	v.txn = v.db.bdb.NewTransaction(false)
+	v.opened = time.Now()
 }
 
 // chunks appends series i's chunks overlapping [mint, maxt], from memory
@@ -408,6 +421,10 @@ func (v *partitionView) chunks(i int, out []readChunk) ([]readChunk, error) {
 	out = append(out, vs.mem...)
 	if !vs.needDisk || v.txn == nil {
 		return out, nil
+	}
+	if time.Since(v.opened) > viewTxnMaxAge {
+		v.close()
+		v.openTxn()
 	}
 	if v.it == nil {
 		v.it = v.txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{tagChunk}})
@@ -655,7 +672,7 @@ func (imp *importer) startSeries(ls labels.Labels) {
 	}
 	v := &partitionView{db: imp.db, mint: imp.mint, maxt: imp.maxt, series: []viewSeries{vs}}
 	if vs.needDisk {
-		v.openTxn(false)
+		v.openTxn()
 	}
 	defer v.close()
 	cs, err := v.chunks(0, nil)

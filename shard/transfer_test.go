@@ -9,6 +9,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,6 +216,18 @@ func TestExportImportRoundTrip(t *testing.T) {
 	_, err = third.ImportPartition(context.Background(), bytes.NewReader(again))
 	require.NoError(t, err)
 	require.Equal(t, want, dump(t, third, testPart, math.MinInt64, math.MaxInt64))
+}
+
+// A view that renews its read transaction between series (as a slow export
+// does) reads the same data.
+func TestExportRenewedTransaction(t *testing.T) {
+	src := transferFixture(t, Config{})
+	defer src.Close()
+	want, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
+	defer func(d time.Duration) { viewTxnMaxAge = d }(viewTxnMaxAge)
+	viewTxnMaxAge = 0
+	got, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
+	require.Equal(t, want, got)
 }
 
 func TestImportConflictKeepsExisting(t *testing.T) {
@@ -511,4 +524,58 @@ func TestExportImportHistogramValues(t *testing.T) {
 	}
 	require.Equal(t, 50, i)
 	require.False(t, ss.Next())
+}
+
+// Exports taken while samples are appended, flushed and evicted hold every
+// sample committed before they started.
+func TestExportDuringIngestAndFlush(t *testing.T) {
+	db := open(t, Config{HeadWindow: time.Second})
+	defer db.Close()
+	ls := seriesIn(testPart, "m", 3)
+	var last atomic.Int64
+	last.Store(-1)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for i := int64(0); ctx.Err() == nil; i++ {
+			app := db.AppenderV2(ctx)
+			for _, l := range ls {
+				_, err := app.Append(0, l, 0, i*1000, float64(i), nil, nil, storage.AOptions{})
+				if err != nil {
+					panic(err)
+				}
+			}
+			if err := app.Commit(); err != nil {
+				panic(err)
+			}
+			last.Store(i)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			if err := db.flush(); err != nil {
+				panic(err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for range 10 {
+		time.Sleep(10 * time.Millisecond)
+		upto := last.Load()
+		stream, _ := exportAll(t, db, testPart, math.MinInt64, math.MaxInt64)
+		dst := open(t, Config{})
+		_, err := dst.ImportPartition(context.Background(), bytes.NewReader(stream))
+		require.NoError(t, err)
+		got := dump(t, dst, testPart, 0, upto*1000)
+		require.NoError(t, dst.Close())
+		require.Len(t, got, len(ls))
+		for _, l := range ls {
+			require.Len(t, got[l.String()], int(upto+1), "%s up to %d", l, upto)
+		}
+	}
+	cancel()
+	wg.Wait()
 }
