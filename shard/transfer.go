@@ -734,10 +734,10 @@ func (imp *importer) chunk(b []byte) error {
 // decodeChunk returns the samples of a chunk from a stream, checking that
 // they are n, in strictly increasing time order from mint to maxt, and
 // valid histograms.
-func decodeChunk(enc chunkenc.Encoding, b []byte, n int, mint, maxt int64, ss []sample) (_ []sample, err error) {
+func decodeChunk(enc chunkenc.Encoding, b []byte, n int, mint, maxt int64, ss []sample) (out []sample, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			ss, err = nil, fmt.Errorf("chunk decoder: %v: %w", r, ErrBadStream)
+			out, err = nil, fmt.Errorf("chunk decoder: %v: %w", r, ErrBadStream)
 		}
 	}()
 	if encodingValueType(enc) != chunkenc.ValFloat {
@@ -1037,18 +1037,16 @@ func checkHistogramLayout(chk []byte) error {
 		return fmt.Errorf("histogram chunk of %d bytes: %w", len(chk), ErrBadStream)
 	}
 	br := bitReader{b: chk[headerSize:]}
-	zt, _ := br.bits(8)
-	if zt == 0xff {
+	if zt := br.bits(8); zt == 0xff {
 		br.bits(64)
 	}
 	br.varbit() // schema
 	buckets := uint64(0)
 	for range 2 {
-		n, _ := br.varbit()
+		n := br.varbit()
 		for i := uint64(0); i < n && br.err == nil; i++ {
-			l, _ := br.varbit()
-			buckets += l & math.MaxUint32 // the reader keeps 32 bits
-			br.varbit()                   // offset
+			buckets += br.varbit() & math.MaxUint32 // length; the reader keeps 32 bits
+			br.varbit()                             // offset
 		}
 	}
 	if br.err != nil || buckets > uint64(len(chk))*8 {
@@ -1057,20 +1055,21 @@ func checkHistogramLayout(chk []byte) error {
 	return nil
 }
 
-// bitReader reads big-endian bit fields; past the end it sets err.
+// bitReader reads big-endian bit fields; reading past the end sets err
+// and yields zeros.
 type bitReader struct {
 	b   []byte
 	pos uint64 // in bits
 	err error
 }
 
-func (r *bitReader) bits(n uint8) (uint64, error) {
+func (r *bitReader) bits(n uint8) uint64 {
 	if r.err != nil {
-		return 0, r.err
+		return 0
 	}
 	if r.pos+uint64(n) > uint64(len(r.b))*8 {
 		r.err = io.ErrUnexpectedEOF
-		return 0, r.err
+		return 0
 	}
 	v := uint64(0)
 	for range n {
@@ -1078,26 +1077,18 @@ func (r *bitReader) bits(n uint8) (uint64, error) {
 		v = v<<1 | uint64(bit)
 		r.pos++
 	}
-	return v, nil
+	return v
 }
 
 // varbit reads a varbit-encoded value's bits (chunkenc varbit.go): a
 // prefix of up to 8 ones ended by a zero picks the width.
-func (r *bitReader) varbit() (uint64, error) {
+func (r *bitReader) varbit() uint64 {
 	ones := 0
-	for ones < 8 {
-		bit, err := r.bits(1)
-		if err != nil {
-			return 0, err
-		}
-		if bit == 0 {
-			break
-		}
+	for ones < 8 && r.bits(1) == 1 {
 		ones++
 	}
-	width := [9]uint8{0, 3, 6, 9, 12, 18, 25, 56, 64}[ones]
-	if width == 0 {
-		return 0, r.err
+	if width := [9]uint8{0, 3, 6, 9, 12, 18, 25, 56, 64}[ones]; width > 0 {
+		return r.bits(width)
 	}
-	return r.bits(width)
+	return 0
 }

@@ -491,39 +491,48 @@ func TestDropPartitionUnderLoad(t *testing.T) {
 	wg.Wait()
 }
 
-// Histogram values survive the trip exactly, not just their digest bytes.
+// Histogram values survive the trip exactly, not just their digest bytes,
+// exponential and custom buckets alike.
 func TestExportImportHistogramValues(t *testing.T) {
-	src := open(t, Config{})
-	defer src.Close()
-	ls := seriesIn(testPart, "h", 1)[0]
-	var hs []sample
-	for i := range 50 {
-		hs = append(hs, sample{t: int64(i) * 1000, h: tsdbutil.GenerateTestHistogram(int64(i))})
+	for name, gen := range map[string]func(int64) *histogram.Histogram{
+		"exponential": tsdbutil.GenerateTestHistogram,
+		"custom":      tsdbutil.GenerateTestCustomBucketsHistogram,
+	} {
+		t.Run(name, func(t *testing.T) {
+			src := open(t, Config{})
+			defer src.Close()
+			ls := seriesIn(testPart, "h", 1)[0]
+			var hs []sample
+			for i := range 50 {
+				hs = append(hs, sample{t: int64(i) * 1000, h: gen(int64(i))})
+			}
+			appendSamples(t, src, ls, hs...)
+			stream, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
+			dst := open(t, Config{})
+			defer dst.Close()
+			ist, err := dst.ImportPartition(context.Background(), bytes.NewReader(stream))
+			require.NoError(t, err)
+			require.Equal(t, 50, ist.Samples)
+			q, err := dst.Querier(math.MinInt64, math.MaxInt64)
+			require.NoError(t, err)
+			defer q.Close()
+			ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", "h"))
+			require.True(t, ss.Next())
+			it := ss.At().Iterator(nil)
+			i := 0
+			for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
+				require.Equal(t, chunkenc.ValHistogram, vt)
+				ts, h := it.AtHistogram(nil)
+				require.Equal(t, int64(i)*1000, ts)
+				want := gen(int64(i))
+				h.CounterResetHint, want.CounterResetHint = histogram.UnknownCounterReset, histogram.UnknownCounterReset
+				require.True(t, want.Equals(h.Compact(0)), "sample %d: %s != %s", i, want, h)
+				i++
+			}
+			require.Equal(t, 50, i)
+			require.False(t, ss.Next())
+		})
 	}
-	appendSamples(t, src, ls, hs...)
-	stream, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
-	dst := open(t, Config{})
-	defer dst.Close()
-	_, err := dst.ImportPartition(context.Background(), bytes.NewReader(stream))
-	require.NoError(t, err)
-	q, err := dst.Querier(math.MinInt64, math.MaxInt64)
-	require.NoError(t, err)
-	defer q.Close()
-	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", "h"))
-	require.True(t, ss.Next())
-	it := ss.At().Iterator(nil)
-	i := 0
-	for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
-		require.Equal(t, chunkenc.ValHistogram, vt)
-		ts, h := it.AtHistogram(nil)
-		require.Equal(t, int64(i)*1000, ts)
-		want := tsdbutil.GenerateTestHistogram(int64(i))
-		h.CounterResetHint, want.CounterResetHint = histogram.UnknownCounterReset, histogram.UnknownCounterReset
-		require.True(t, want.Equals(h.Compact(0)), "sample %d: %s != %s", i, want, h)
-		i++
-	}
-	require.Equal(t, 50, i)
-	require.False(t, ss.Next())
 }
 
 // Exports taken while samples are appended, flushed and evicted hold every
