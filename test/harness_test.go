@@ -32,7 +32,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	kilnBin = filepath.Join(dir, "kiln")
+	// Static (CGO_ENABLED=0) like `make build`, so the Docker tests can put
+	// this same binary in a FROM scratch image.
 	cmd := exec.Command("go", "build", "-o", kilnBin, "../node/cmd/kiln")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building kiln:", err)
