@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,7 +41,9 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 	}
 	hash := labels.StableHash(ls)
 	p := uint16(hash % shard.NumPartitions) // == shard.PartitionOf(ls)
-	owners := a.ring.OwnerIndexes(p)
+	// Settled owners and, while the partition moves, its new owners: they
+	// must receive writes from the moment they are assigned.
+	owners := a.ring.WriteOwnerIndexes(p)
 	var (
 		r   storage.SeriesRef
 		err error
@@ -133,16 +136,22 @@ func (a *appender) Commit() error {
 		for word != 0 {
 			p := uint16(wi*64 + bits.TrailingZeros64(word))
 			word &= word - 1
-			acks := 0
-			for _, o := range a.ring.OwnerIndexes(p) {
-				if o == a.self || (int(o) < len(results) && results[o].ok) {
-					acks++
-				} else if firstErr == nil && int(o) < len(results) {
-					firstErr = results[o].err
+			// W acks among the settled owners keep R + W > RF for reads,
+			// which use settled owners; while the partition moves, W acks
+			// among the new owners too, so the write is not lost to the
+			// readers of the next assignment.
+			ok, err := a.acked(a.ring.OwnerIndexes(p), results, need)
+			if !ok {
+				quorum = false
+			}
+			if a.ring.Moving(p) {
+				tok, terr := a.acked(a.ring.TargetIndexes(p), results, min(need, len(a.ring.TargetIndexes(p))))
+				if !tok {
+					quorum, err = false, cmp.Or(err, terr)
 				}
 			}
-			if acks < need {
-				quorum = false
+			if firstErr == nil {
+				firstErr = err
 			}
 		}
 	}
@@ -182,6 +191,24 @@ func (a *appender) Commit() error {
 		return &RejectedError{Rejections: rejected}
 	}
 	return nil
+}
+
+// acked reports whether at least need of owners durably accepted their
+// batch (this node counts when it is an owner), and the first error seen.
+func (a *appender) acked(owners []int32, results []peerResult, need int) (bool, error) {
+	acks := 0
+	var firstErr error
+	for _, o := range owners {
+		switch {
+		case o == a.self:
+			acks++
+		case int(o) < len(results) && results[o].ok:
+			acks++
+		case int(o) < len(results) && firstErr == nil:
+			firstErr = results[o].err
+		}
+	}
+	return acks >= need, firstErr
 }
 
 // rejectionOf maps a peer's rejection (canonical index) back to the sample.
