@@ -43,6 +43,11 @@ const (
 	DefaultBootstrapExpect      = 1
 	DefaultReplicationFactor    = 3
 	DefaultWriteConsistency     = "quorum"
+	DefaultDeadNodeTimeout      = 5 * time.Minute
+	DefaultMoveRate             = 64 << 20
+	DefaultMaxConcurrentMoves   = 2
+	DefaultAntiEntropyInterval  = time.Hour
+	DefaultLeaveTimeout         = 5 * time.Minute
 )
 
 // Flag names, shared by the flag set, the precedence rules and Flags.
@@ -72,6 +77,12 @@ const (
 	flagReplicationFactor       = "cluster.replication-factor"
 	flagWriteConsistency        = "cluster.write-consistency"
 	flagPartialResponse         = "query.partial-response"
+	flagDeadNodeTimeout         = "cluster.dead-node-timeout"
+	flagMoveRate                = "cluster.move-rate"
+	flagMaxConcurrentMoves      = "cluster.max-concurrent-moves"
+	flagAntiEntropyInterval     = "cluster.anti-entropy-interval"
+	flagLeaveOnShutdown         = "cluster.leave-on-shutdown"
+	flagLeaveTimeout            = "cluster.leave-timeout"
 )
 
 var (
@@ -100,6 +111,16 @@ type ClusterConfig struct {
 	BootstrapExpect     int
 	ReplicationFactor   int
 	WriteConsistency    string
+	// DeadNodeTimeout: a member unreachable this long is removed and its
+	// partitions re-replicated.
+	DeadNodeTimeout     time.Duration
+	MoveRate            int64 // bytes per second one partition stream may use
+	MaxConcurrentMoves  int
+	AntiEntropyInterval time.Duration // 0 disables anti-entropy
+	// LeaveOnShutdown hands this node's partitions over on SIGTERM before
+	// exiting, bounded by LeaveTimeout.
+	LeaveOnShutdown bool
+	LeaveTimeout    time.Duration
 }
 
 // Config is the complete configuration of one Kiln process: the flags, and
@@ -167,11 +188,17 @@ func defaultFlags() Config {
 		LogFormat:           DefaultLogFormat,
 		MaxRequestBytes:     DefaultMaxRequestBytes,
 		Cluster: ClusterConfig{
-			Name:              DefaultClusterName,
-			ListenAddress:     DefaultClusterListenAddress,
-			BootstrapExpect:   DefaultBootstrapExpect,
-			ReplicationFactor: DefaultReplicationFactor,
-			WriteConsistency:  DefaultWriteConsistency,
+			Name:                DefaultClusterName,
+			ListenAddress:       DefaultClusterListenAddress,
+			BootstrapExpect:     DefaultBootstrapExpect,
+			ReplicationFactor:   DefaultReplicationFactor,
+			WriteConsistency:    DefaultWriteConsistency,
+			DeadNodeTimeout:     DefaultDeadNodeTimeout,
+			MoveRate:            DefaultMoveRate,
+			MaxConcurrentMoves:  DefaultMaxConcurrentMoves,
+			AntiEntropyInterval: DefaultAntiEntropyInterval,
+			LeaveOnShutdown:     true,
+			LeaveTimeout:        DefaultLeaveTimeout,
 		},
 	}
 }
@@ -338,6 +365,21 @@ func (c Config) Validate() error {
 	if cl.ReplicationFactor < 1 {
 		bad(flagReplicationFactor, "must be at least 1, got %d", cl.ReplicationFactor)
 	}
+	if cl.DeadNodeTimeout <= 0 {
+		bad(flagDeadNodeTimeout, "must be positive, got %s", cl.DeadNodeTimeout)
+	}
+	if cl.MoveRate < 0 {
+		bad(flagMoveRate, "must not be negative")
+	}
+	if cl.MaxConcurrentMoves < 1 {
+		bad(flagMaxConcurrentMoves, "must be at least 1, got %d", cl.MaxConcurrentMoves)
+	}
+	if cl.AntiEntropyInterval < 0 {
+		bad(flagAntiEntropyInterval, "must not be negative")
+	}
+	if cl.LeaveTimeout <= 0 {
+		bad(flagLeaveTimeout, "must be positive, got %s", cl.LeaveTimeout)
+	}
 	if !slices.Contains(writeConsistences, cl.WriteConsistency) {
 		bad(flagWriteConsistency, "%q is not one of %s", cl.WriteConsistency, strings.Join(writeConsistences, "|"))
 	}
@@ -458,6 +500,18 @@ func (c *Config) flagSet() *flag.FlagSet {
 		"Copies of each partition (capped by the number of nodes). Set when the cluster is created.")
 	fs.Var(enumValue{&cl.WriteConsistency, writeConsistences}, flagWriteConsistency,
 		"Owners that must durably accept a write before it is acknowledged: one|quorum (floor(RF/2)+1)|all.")
+	fs.Var(durationValue{&cl.DeadNodeTimeout}, flagDeadNodeTimeout,
+		"A member unreachable this long is removed from the cluster and its partitions are re-replicated from the surviving copies.")
+	fs.Var(bytesValue{&cl.MoveRate}, flagMoveRate,
+		"Bytes per second one partition stream may use when partitions move or are repaired (0 = unlimited).")
+	fs.IntVar(&cl.MaxConcurrentMoves, flagMaxConcurrentMoves, cl.MaxConcurrentMoves,
+		"Partitions this node fetches at once when it is assigned new ones.")
+	fs.Var(durationValue{&cl.AntiEntropyInterval}, flagAntiEntropyInterval,
+		"Pause between two anti-entropy passes, which compare replicas by digests and repair differences (0 = off).")
+	fs.BoolVar(&cl.LeaveOnShutdown, flagLeaveOnShutdown, cl.LeaveOnShutdown,
+		"On SIGTERM, hand this node's partitions to others before exiting, so every partition keeps its copies. Turn off for restarts in place.")
+	fs.Var(durationValue{&cl.LeaveTimeout}, flagLeaveTimeout,
+		"How long a leaving node waits for its partitions to be handed over before it exits anyway.")
 	fs.BoolVar(&c.PrintVersion, flagVersion, c.PrintVersion,
 		"Print version information and exit.")
 	return fs

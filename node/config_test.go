@@ -201,6 +201,12 @@ func TestFlags(t *testing.T) {
 		"cluster.bootstrap-expect":      "1",
 		"cluster.replication-factor":    "3",
 		"cluster.write-consistency":     "quorum",
+		"cluster.anti-entropy-interval": "1h",
+		"cluster.dead-node-timeout":     "5m",
+		"cluster.leave-on-shutdown":     "true",
+		"cluster.leave-timeout":         "5m",
+		"cluster.max-concurrent-moves":  "2",
+		"cluster.move-rate":             "64MiB",
 	}, c.Flags())
 
 	// The values Flags shows parse back into the same settings.

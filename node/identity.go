@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
+
+	"github.com/kilnhq/kiln/cluster/transfer"
 )
 
 // nodeNameFile keeps the generated node name in the data directory: the
@@ -94,3 +96,7 @@ func unspecified(host string) bool {
 	ip := net.ParseIP(host)
 	return host == "" || (ip != nil && ip.IsUnspecified())
 }
+
+// lateTopology lets the mover be built before the cluster it asks about:
+// the cluster needs its mover at construction.
+type lateTopology struct{ transfer.Topology }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kilnhq/kiln/cluster"
+	"github.com/kilnhq/kiln/cluster/transfer"
 	"github.com/kilnhq/kiln/ingest/remotewrite"
 	"github.com/kilnhq/kiln/ingest/replicate"
 	"github.com/kilnhq/kiln/ingest/scrape"
@@ -46,6 +48,7 @@ type Node struct {
 	reg     *prometheus.Registry
 	db      *shard.DB
 	cluster *cluster.Cluster
+	moves   *transfer.Transfer
 	writer  *replicate.Writer
 	reads   *fanout.Queryable
 	api     *api.API
@@ -55,6 +58,10 @@ type Node struct {
 	srv     *fasthttp.Server
 	ready   atomic.Bool
 	start   time.Time
+	// leave is closed by POST /api/v1/admin/cluster/leave: the node hands
+	// its partitions over and exits, as on SIGTERM.
+	leave     chan struct{}
+	leaveOnce sync.Once
 }
 
 // New opens the storage and builds every component; Run starts serving.
@@ -64,7 +71,7 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{cfg: cfg, logger: logger, reg: prometheus.NewRegistry(), start: time.Now()}
+	n := &Node{cfg: cfg, logger: logger, reg: prometheus.NewRegistry(), start: time.Now(), leave: make(chan struct{})}
 	n.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -110,22 +117,35 @@ func (n *Node) joinCluster() error {
 		return err
 	}
 	ccfg := cluster.Config{
-		NodeName:          name,
-		ClusterName:       cl.Name,
-		BindAddr:          cl.ListenAddress,
-		AdvertiseAddr:     cl.AdvertiseAddress,
-		Peers:             cl.Peers,
-		RaftBindAddr:      cl.RaftAddress,
-		Zone:              cl.Zone,
-		BootstrapExpect:   cl.BootstrapExpect,
-		ReplicationFactor: cl.ReplicationFactor,
-		DataDir:           filepath.Join(n.cfg.StoragePath, "cluster"),
+		NodeName:           name,
+		ClusterName:        cl.Name,
+		BindAddr:           cl.ListenAddress,
+		AdvertiseAddr:      cl.AdvertiseAddress,
+		Peers:              cl.Peers,
+		RaftBindAddr:       cl.RaftAddress,
+		Zone:               cl.Zone,
+		BootstrapExpect:    cl.BootstrapExpect,
+		ReplicationFactor:  cl.ReplicationFactor,
+		DataDir:            filepath.Join(n.cfg.StoragePath, "cluster"),
+		DeadNodeTimeout:    cl.DeadNodeTimeout,
+		MaxConcurrentMoves: cl.MaxConcurrentMoves,
+		MoveRate:           cl.MoveRate,
 	}
+	// The cluster moves partitions through the storage; the topology the
+	// mover needs is the cluster itself, set once it exists.
+	topo := &lateTopology{}
+	n.moves = transfer.New(transfer.Config{
+		MoveRate:            cl.MoveRate,
+		AntiEntropyInterval: cl.AntiEntropyInterval,
+		Retention:           n.cfg.Retention,
+	}, topo, n.db, n.reg, n.logger.With("component", "transfer"))
+	ccfg.Mover = n.moves
 	ccfg.APIAddr = apiAdvertiseAddr(cl.APIAdvertiseAddress, n.ln.Addr().String(), cl)
 	n.cluster, err = cluster.New(ccfg, n.reg, n.logger.With("component", "cluster"))
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	topo.Topology = n.cluster
 	n.logger.Info("cluster member created", "name", name, "gossip", n.cluster.GossipAddr(), "raft", n.cluster.RaftAddr(), "api", ccfg.APIAddr)
 	return nil
 }
@@ -201,8 +221,14 @@ func (n *Node) route(ctx *fasthttp.RequestCtx) {
 		n.rw.Handle(ctx)
 	case path == "/api/v1/status/cluster":
 		n.serveClusterStatus(ctx)
+	case path == "/api/v1/admin/cluster/leave":
+		n.serveLeave(ctx)
 	case path == replicate.WritePath:
 		n.writer.Handle(ctx)
+	case strings.HasPrefix(path, "/internal/v1/cluster/"):
+		n.cluster.Handle(ctx)
+	case strings.HasPrefix(path, "/internal/v1/partition/"):
+		n.moves.Handle(ctx)
 	case strings.HasPrefix(path, "/internal/v1/"):
 		n.reads.Handle(ctx)
 	default:
@@ -220,7 +246,9 @@ func (n *Node) DB() *shard.DB { return n.db }
 // start: stop accepting requests, stop scraping, close the storage (which
 // persists the head).
 func (n *Node) Run(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error {
 		if err := n.srv.Serve(n.ln); err != nil && gctx.Err() == nil {
 			return fmt.Errorf("http server: %w", err)
@@ -228,24 +256,65 @@ func (n *Node) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return n.scraper.Run(gctx) })
-	// The cluster and the hint replay stop after the HTTP server: a leaving
-	// node still answers its peers' RPCs while it drains.
+	// The cluster, hint replay and anti-entropy stop after the HTTP server:
+	// a leaving node still serves its peers' fetches while it hands over.
 	clusterCtx, stopCluster := context.WithCancel(context.Background())
 	defer stopCluster()
 	cg, _ := errgroup.WithContext(clusterCtx)
 	cg.Go(func() error { return n.cluster.Run(clusterCtx) })
 	cg.Go(func() error { return n.writer.Run(clusterCtx) })
+	cg.Go(func() error { return n.moves.Run(clusterCtx) })
 	n.ready.Store(true)
 	n.logger.Info("kiln is ready", "listen", n.Addr(), "storage", n.cfg.StoragePath, "version", Version,
 		"startup", time.Since(n.start).Round(time.Millisecond))
-	<-gctx.Done()
+	leaving := false
+	select {
+	case <-gctx.Done():
+		leaving = ctx.Err() != nil && n.cfg.Cluster.LeaveOnShutdown
+	case <-n.leave:
+		leaving = true
+	}
+	if leaving {
+		n.handOver()
+	}
+	stopRun()
 	n.ready.Store(false)
 	n.logger.Info("shutting down")
 	shutdownErr := n.srv.ShutdownWithContext(context.Background())
 	err := g.Wait()
 	stopCluster()
 	clusterErr := cg.Wait()
-	return errors.Join(err, shutdownErr, clusterErr, n.api.Close(), n.writer.Close(), n.cluster.Close(), n.db.Close())
+	return errors.Join(err, shutdownErr, clusterErr, n.api.Close(), n.writer.Close(), n.db.Close())
+}
+
+// handOver leaves the cluster before exit: other nodes fetch this node's
+// partitions, so every partition keeps its copies. A cluster of one has no
+// one to hand over to.
+func (n *Node) handOver() {
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.Cluster.LeaveTimeout)
+	defer cancel()
+	start := time.Now()
+	n.logger.Info("leaving the cluster: handing partitions over", "timeout", n.cfg.Cluster.LeaveTimeout)
+	switch err := n.cluster.Leave(ctx); {
+	case errors.Is(err, cluster.ErrLastMember):
+		n.logger.Info("last member of the cluster: nothing to hand over")
+	case err != nil:
+		n.logger.Warn("leaving the cluster did not complete", "err", err, "duration", time.Since(start).Round(time.Millisecond))
+	default:
+		n.logger.Info("left the cluster", "duration", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// serveLeave is POST /api/v1/admin/cluster/leave: hand over, then exit.
+func (n *Node) serveLeave(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	if !ctx.IsPost() && !ctx.IsPut() {
+		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
+		ctx.SetBodyString(`{"status":"error","errorType":"bad_data","error":"use POST"}`)
+		return
+	}
+	n.leaveOnce.Do(func() { close(n.leave) })
+	ctx.SetBodyString(`{"status":"success","data":{"leaving":true}}`)
 }
 
 // statsSource adapts shard statistics to the API's /status/tsdb shape.
