@@ -37,9 +37,12 @@ type clusterStatus struct {
 		State      string `json:"gossip_state"`
 		RaftRole   string `json:"raft_role"`
 		InRing     bool   `json:"in_ring"`
+		Removed    bool   `json:"removed"`
 		Partitions int    `json:"partitions"`
+		Settled    int    `json:"partitions_settled"`
 	} `json:"members"`
 	UnderReplicated int `json:"under_replicated_partitions"`
+	Moving          int `json:"moving_partitions"`
 	Handoff         map[string]struct {
 		Hints int   `json:"hints"`
 		Bytes int64 `json:"bytes"`

@@ -177,6 +177,7 @@ type loadWriter struct {
 	name    string
 	series  int
 	base    time.Time
+	step    time.Duration // between the timestamps of two rounds
 	mu      sync.Mutex
 	acked   []int // rounds acknowledged, in order
 	fails   atomic.Int64
@@ -197,7 +198,7 @@ func (w *loadWriter) run(ctx context.Context, addrs func() []string, rounds int)
 					{Name: "sender", Value: w.name},
 					{Name: "series", Value: strconv.Itoa(k)},
 				},
-				Samples: []prompb.Sample{{Timestamp: w.base.Add(time.Duration(r) * time.Second).UnixMilli(), Value: float64(r)}},
+				Samples: []prompb.Sample{{Timestamp: w.at(r).UnixMilli(), Value: float64(r)}},
 			}
 		}
 		// Retry the round until some node acknowledges it: what a
@@ -226,8 +227,11 @@ func (w *loadWriter) run(ctx context.Context, addrs func() []string, rounds int)
 }
 
 func newLoadWriter(name string, series int, base time.Time) *loadWriter {
-	return &loadWriter{name: name, series: series, base: base, stopped: make(chan struct{})}
+	return &loadWriter{name: name, series: series, base: base, step: time.Second, stopped: make(chan struct{})}
 }
+
+// at is the timestamp of round r.
+func (w *loadWriter) at(r int) time.Time { return w.base.Add(time.Duration(r) * w.step) }
 
 // checkAcked asserts every acknowledged round of w is returned by addr.
 func (w *loadWriter) checkAcked(t *testing.T, addr string, params ...string) {
@@ -238,7 +242,7 @@ func (w *loadWriter) checkAcked(t *testing.T, addr string, params ...string) {
 	require.NotEmpty(t, acked)
 	q := fmt.Sprintf(`cluster_load{sender=%q}`, w.name)
 	last := acked[len(acked)-1]
-	v := url.Values{"query": {q}, "start": {fmtTime(w.base)}, "end": {fmtTime(w.base.Add(time.Duration(last) * time.Second))}, "step": {"1"}}
+	v := url.Values{"query": {q}, "start": {fmtTime(w.base)}, "end": {fmtTime(w.at(last))}, "step": {strconv.FormatFloat(w.step.Seconds(), 'f', -1, 64)}}
 	for i := 0; i < len(params); i += 2 {
 		v.Set(params[i], params[i+1])
 	}
