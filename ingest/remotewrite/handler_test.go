@@ -176,9 +176,11 @@ type blockingStorage struct {
 }
 
 func (s *blockingStorage) AppenderV2(ctx context.Context) storage.AppenderV2 {
+	// entered has room for one signal: the first request's arrival is
+	// never lost, however late the test gets to wait for it.
 	select {
 	case s.entered <- struct{}{}:
-	default: // nobody waiting: the test is past the blocking phase
+	default: // signalled already: the test is past the blocking phase
 	}
 	<-s.release
 	return s.fakeStorage.AppenderV2(ctx)
@@ -198,7 +200,7 @@ func TestOverload(t *testing.T) {
 		{"bytes", Config{MaxInflightRequests: 10, MaxDecodedBytes: int64(len(body)), MaxInflightBytes: int64(len(body)) + 1}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			st := &blockingStorage{entered: make(chan struct{}), release: make(chan struct{})}
+			st := &blockingStorage{entered: make(chan struct{}, 1), release: make(chan struct{})}
 			h, reg := newTestHandler(t, c.cfg, st)
 
 			var wg sync.WaitGroup
@@ -240,7 +242,7 @@ func TestInflightCountsDecodedForm(t *testing.T) {
 	}
 	req := b.build()
 	n := int64(len(marshalV2(t, req)))
-	st := &blockingStorage{entered: make(chan struct{}), release: make(chan struct{})}
+	st := &blockingStorage{entered: make(chan struct{}, 1), release: make(chan struct{})}
 	h, _ := newTestHandler(t, Config{MaxDecodedBytes: n, MaxInflightBytes: 2*n + 16}, st)
 
 	var wg sync.WaitGroup
