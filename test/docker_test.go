@@ -149,10 +149,13 @@ func testDockerPartition(t *testing.T, image string) {
 	load.waitMore(100)
 	// What node-3 missed waits for it as hints on the majority.
 	for _, n := range []*dockerNode{n1, n2} {
+		var hints int
 		require.Eventually(t, func() bool {
 			st, err := n.status()
-			return err == nil && st.Handoff[n3.name].Hints > 0
+			hints = st.Handoff[n3.name].Hints
+			return err == nil && hints > 0
 		}, 30*time.Second, 100*time.Millisecond, "%s holds no hints for %s", n.name, n3.name)
+		t.Logf("%s holds %d hints for %s", n.name, hints, n3.name)
 	}
 	mustDocker(t, "network", "connect", "--ip", n3.clusterIP, c.network, n3.container)
 	t.Logf("healed after a %v partition", time.Since(cut).Round(time.Millisecond))
