@@ -42,6 +42,11 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// JoinRetryInterval is the pause between rounds of joining Peers; default 1s.
 	JoinRetryInterval time.Duration
+	// ReconnectInterval is how often members gossip reports dead (not
+	// left) are joined again, with the configured Peers; default 5s.
+	// memberlist never probes a member it declared dead, so without this
+	// the two sides of a healed network partition would stay apart.
+	ReconnectInterval time.Duration
 	// BootstrapSettle is how long the set of visible members must stay the
 	// same before a node with Peers bootstraps, so that gossip views
 	// converge first; default 3 × ReconcileInterval. Nodes without Peers
@@ -100,6 +105,9 @@ func (c *Config) setDefaults() error {
 	if c.JoinRetryInterval <= 0 {
 		c.JoinRetryInterval = time.Second
 	}
+	if c.ReconnectInterval <= 0 {
+		c.ReconnectInterval = 5 * time.Second
+	}
 	if c.BootstrapSettle <= 0 {
 		c.BootstrapSettle = 3 * c.ReconcileInterval
 	}
@@ -151,6 +159,7 @@ func isSpecific(host string) bool {
 func FastTimings(c *Config) {
 	c.ReconcileInterval = 100 * time.Millisecond
 	c.JoinRetryInterval = 100 * time.Millisecond
+	c.ReconnectInterval = 200 * time.Millisecond
 	c.BootstrapSettle = 300 * time.Millisecond
 	c.GossipTuning = func(m *memberlist.Config) {
 		m.ProbeInterval = 100 * time.Millisecond

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 )
 
@@ -35,6 +36,9 @@ func (c *Cluster) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	wg.Go(func() { c.joinLoop(ctx) })
+	// Not waited for: a join in flight may hang on a dial until memberlist's
+	// timeout; it ends when memberlist shuts down.
+	go c.reconnectLoop(ctx)
 	wg.Go(func() { c.metaLoop(ctx) })
 	wg.Go(func() { c.moveLoop(ctx, r) })
 
@@ -103,6 +107,51 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(c.cfg.JoinRetryInterval):
+		}
+	}
+}
+
+// reconnectLoop joins, every ReconnectInterval, the members gossip reports
+// dead (a graceful leave is final) together with the configured peers.
+// memberlist stops probing a member once it declared it dead, so after a
+// network partition heals each side would go on believing the other dead;
+// a successful push/pull with any of them merges the two views again.
+func (c *Cluster) reconnectLoop(ctx context.Context) {
+	tick := time.NewTicker(c.cfg.ReconnectInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		var addrs []string
+		for name, p := range c.gossip.peerMap() {
+			if name != c.cfg.NodeName && p.State == memberlist.StateDead && p.GossipAddr != "" {
+				addrs = append(addrs, p.GossipAddr)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		for _, s := range c.cfg.Peers {
+			if s != "" && s != c.gossipAddr && !slices.Contains(addrs, s) {
+				addrs = append(addrs, s)
+			}
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if n, err := c.ml.Join(addrs); n > 0 {
+				c.logger.Info("reconnected gossip", "contacted", n, "tried", addrs)
+			} else {
+				c.logger.Debug("reconnect to dead members failed", "tried", addrs, "err", err)
+			}
+		}()
+		select {
+		case <-ctx.Done():
+			return
+		case <-done:
 		}
 	}
 }
