@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
-	"sync"
+	"time"
 
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
@@ -105,7 +105,14 @@ func (a *appender) Commit() error {
 	}
 	members := a.ring.Members()
 	results := make([]peerResult, len(a.batches))
-	var wg sync.WaitGroup
+	type outcome struct {
+		i   int
+		res peerResult
+	}
+	// Buffered for every peer, so a forward still running after Commit
+	// returned never blocks.
+	done := make(chan outcome, len(a.batches))
+	pending := 0
 	for i, b := range a.batches {
 		if b == nil || b.empty() {
 			continue
@@ -115,21 +122,50 @@ func (a *appender) Commit() error {
 			results[i].err = fmt.Errorf("%s: reported dead by gossip", m.Name)
 			continue // straight to a hint
 		}
-		wg.Go(func() {
-			e, rej, err := w.forward(a.ctx, w.peer(m.Name), m.Addr, b)
-			results[i] = peerResult{ok: err == nil, enc: e, rej: rej, err: err}
-		})
+		pending++
+		go func() {
+			// Not the request's context: a forward that outlives Commit
+			// (quorum reached without it) still delivers, and its hint
+			// makes sure of it either way.
+			ctx := context.WithoutCancel(a.ctx)
+			e, rej, err := w.forward(ctx, w.peer(m.Name), m.Addr, b)
+			done <- outcome{i, peerResult{ok: err == nil, enc: e, rej: rej, err: err}}
+		}()
 	}
 	var localErr error
 	if a.local != nil {
 		localErr = a.local.Commit()
 	}
-	wg.Wait()
 	if localErr != nil {
 		return fmt.Errorf("commit local: %w", localErr)
 	}
-
+	// Wait for every peer; once every partition has its quorum, wait for
+	// the rest only StragglerTimeout more: a peer that is slow, or cut off
+	// without gossip knowing yet, gets a hint instead of holding the sender
+	// up for the whole forward timeout.
 	need := w.cfg.acksNeeded(a.ring.RF())
+	var straggle <-chan time.Time
+	for pending > 0 {
+		if straggle == nil && a.quorum(results, need) {
+			t := time.NewTimer(w.cfg.StragglerTimeout)
+			defer t.Stop()
+			straggle = t.C
+		}
+		select {
+		case o := <-done:
+			results[o.i] = o.res
+			pending--
+			continue
+		case <-straggle:
+		}
+		break
+	}
+	for i := range results {
+		if a.batches[i] != nil && !a.batches[i].empty() && !results[i].ok && results[i].err == nil {
+			results[i].err = fmt.Errorf("%s: no answer yet when the write reached quorum", members[i].Name)
+		}
+	}
+
 	var firstErr error
 	quorum := true
 	for wi, word := range a.touched {
@@ -191,6 +227,26 @@ func (a *appender) Commit() error {
 		return &RejectedError{Rejections: rejected}
 	}
 	return nil
+}
+
+// quorum reports whether every touched partition has its acks with the
+// results known so far.
+func (a *appender) quorum(results []peerResult, need int) bool {
+	for wi, word := range a.touched {
+		for word != 0 {
+			p := uint16(wi*64 + bits.TrailingZeros64(word))
+			word &= word - 1
+			if ok, _ := a.acked(a.ring.OwnerIndexes(p), results, need); !ok {
+				return false
+			}
+			if a.ring.Moving(p) {
+				if ok, _ := a.acked(a.ring.TargetIndexes(p), results, min(need, len(a.ring.TargetIndexes(p)))); !ok {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }
 
 // acked reports whether at least need of owners durably accepted their

@@ -27,6 +27,7 @@ const (
 	DefaultTimeout             = 10 * time.Second
 	DefaultMaxInflightPerPeer  = 8
 	DefaultMaxHintBytesPerPeer = 1 << 30
+	DefaultStragglerTimeout    = 500 * time.Millisecond
 )
 
 // Config configures a Writer. Zero fields take defaults.
@@ -37,6 +38,11 @@ type Config struct {
 	// Timeout bounds one forwarded request, waiting for its in-flight slot
 	// included (default 10s).
 	Timeout time.Duration `yaml:"timeout"`
+	// StragglerTimeout is how long Commit still waits for the remaining
+	// owners once every partition has its quorum (default 500ms); those
+	// that have not answered by then get a hint. It bounds the pause a
+	// peer cut off without gossip noticing yet causes.
+	StragglerTimeout time.Duration `yaml:"straggler_timeout"`
 	// MaxInflightPerPeer bounds concurrent requests to one peer (default 8):
 	// a slow peer then costs bounded memory and fails over to hints.
 	MaxInflightPerPeer int `yaml:"max_inflight_per_peer"`
@@ -62,6 +68,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxInflightPerPeer == 0 {
 		c.MaxInflightPerPeer = DefaultMaxInflightPerPeer
+	}
+	if c.StragglerTimeout == 0 {
+		c.StragglerTimeout = DefaultStragglerTimeout
 	}
 	if c.MaxHintBytesPerPeer == 0 {
 		c.MaxHintBytesPerPeer = DefaultMaxHintBytesPerPeer

@@ -276,3 +276,23 @@ func TestSlowPeerFailsOverToHint(t *testing.T) {
 	require.Less(t, time.Since(start), 2*time.Second, "bounded by the timeout")
 	require.Equal(t, 1, nodes[0].writer().Backlog()["c"].Hints)
 }
+
+// A peer that stops answering without gossip noticing (a network cut) holds
+// a write up only StragglerTimeout once the others made the quorum; it gets
+// a hint instead.
+func TestStragglerGetsHintAfterQuorum(t *testing.T) {
+	cfg := fastCfg()
+	cfg.Timeout = 10 * time.Second
+	cfg.StragglerTimeout = 100 * time.Millisecond
+	_, nodes := threeNodes(t, 3, cfg)
+	hold := make(chan struct{})
+	nodes[2].hold = hold
+	defer close(hold)
+	start := time.Now()
+	app := nodes[0].writer().AppenderV2(context.Background())
+	writeSeries(t, app, 5, 1000, func(int) float64 { return 1 })
+	require.NoError(t, app.Commit())
+	require.Less(t, time.Since(start), 2*time.Second, "not the 10s forward timeout")
+	require.Equal(t, 1, nodes[0].writer().Backlog()["c"].Hints)
+	require.Len(t, samples(t, nodes[1].db), 5, "the quorum holds the write")
+}
