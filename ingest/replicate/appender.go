@@ -176,7 +176,7 @@ func (a *appender) Commit() error {
 			// which use settled owners; while the partition moves, W acks
 			// among the new owners too, so the write is not lost to the
 			// readers of the next assignment.
-			ok, err := a.acked(a.ring.OwnerIndexes(p), results, need)
+			ok, err := a.acked(a.ring.OwnerIndexes(p), results, min(need, len(a.ring.OwnerIndexes(p))))
 			if !ok {
 				quorum = false
 			}
@@ -236,7 +236,7 @@ func (a *appender) quorum(results []peerResult, need int) bool {
 		for word != 0 {
 			p := uint16(wi*64 + bits.TrailingZeros64(word))
 			word &= word - 1
-			if ok, _ := a.acked(a.ring.OwnerIndexes(p), results, need); !ok {
+			if ok, _ := a.acked(a.ring.OwnerIndexes(p), results, min(need, len(a.ring.OwnerIndexes(p)))); !ok {
 				return false
 			}
 			if a.ring.Moving(p) {

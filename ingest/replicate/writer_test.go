@@ -296,3 +296,26 @@ func TestStragglerGetsHintAfterQuorum(t *testing.T) {
 	require.Equal(t, 1, nodes[0].writer().Backlog()["c"].Hints)
 	require.Len(t, samples(t, nodes[1].db), 5, "the quorum holds the write")
 }
+
+// While a cluster grows past fewer members than RF, partitions have fewer
+// settled owners than the write quorum: acks are counted against what
+// exists, so writes go on (settled {a}, moving to {a, b, c}).
+func TestGrowingClusterWritesWithFewSettledOwners(t *testing.T) {
+	c, nodes := threeNodes(t, 3, fastCfg())
+	members := c.ring.Members()
+	parts := make([]ring.Partition, ring.NumPartitions)
+	for p := range parts {
+		parts[p] = ring.Partition{Settled: []string{"a"}, Target: []string{"a", "b", "c"}, Since: 2}
+	}
+	r, err := ring.NewAssigned(members, 3, 2, parts)
+	require.NoError(t, err)
+	c.mu.Lock()
+	c.ring = r
+	c.mu.Unlock()
+	app := nodes[1].writer().AppenderV2(context.Background()) // b: a target, not settled
+	writeSeries(t, app, 20, 1000, func(int) float64 { return 1 })
+	require.NoError(t, app.Commit())
+	for _, n := range nodes {
+		require.Len(t, samples(t, n.db), 20, "node %s", n.name)
+	}
+}
