@@ -33,7 +33,7 @@ type node struct {
 }
 
 // twoNodes starts two nodes that both own every partition (RF=2).
-func twoNodes(t *testing.T, now time.Time) (a, b *node) {
+func twoNodes(t testing.TB, now time.Time) (a, b *node) {
 	t.Helper()
 	var lns []net.Listener
 	var members []ring.Member

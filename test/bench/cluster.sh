@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# End-to-end cluster cost against one node, with ../shared/bench's load
+# generator and query tool: server CPU seconds per million samples (user+sys
+# from /proc, summed over every node), internal-RPC bytes per replicated
+# sample, and the dashboard query set through one node of the cluster.
+#
+#   test/bench/cluster.sh [SAMPLES] [SERIES]      (defaults 6000000 100000)
+#
+# Runs only on 127.0.0.1; data goes to a temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SAMPLES=${1:-6000000}
+SERIES=${2:-100000}
+BENCH=../shared/bench
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+make -s build
+(cd $BENCH/loadgen && go build -o "$TMP/loadgen" .)
+(cd $BENCH/querybench && go build -o "$TMP/querybench" .)
+printf 'global:\n  scrape_interval: 15s\n' > "$TMP/empty.yml"
+
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+tick=$(getconf CLK_TCK)
+
+start_node() { # name web gossip [peer]
+	local extra=()
+	[ -n "${4:-}" ] && extra+=("--cluster.peer=$4")
+	./bin/kiln --storage.path="$TMP/$1" --config.file="$TMP/empty.yml" --log.level=warn \
+		--web.listen-address="$2" --cluster.listen-address="$3" --cluster.node-name="$1" \
+		--cluster.anti-entropy-interval=0 "${extra[@]}" 2>"$TMP/$1.log" &
+	PIDS+=($!)
+	for _ in $(seq 1 300); do curl -sf "http://$2/-/ready" >/dev/null && return; sleep 0.1; done
+	echo "node $1 did not become ready"; cat "$TMP/$1.log"; exit 1
+}
+
+run() { # label nodes-pids... ; loadgen to $URL
+	local before=0 after=0 p
+	for p in "$@"; do before=$((before + $(cpu "$p"))); done
+	"$TMP/loadgen" -url "http://$URL/api/v1/write" -series "$SERIES" -samples "$SAMPLES" -batch 2000 -concurrency 4 -progress 0 > "$TMP/lg.json"
+	for p in "$@"; do after=$((after + $(cpu "$p"))); done
+	local acc; acc=$(grep -o '"samples_accepted":[0-9]*' "$TMP/lg.json" | cut -d: -f2)
+	echo "$LABEL: $(cat "$TMP/lg.json")"
+	awk -v c=$((after - before)) -v t="$tick" -v a="$acc" -v l="$LABEL" 'BEGIN { printf "%s: %.2f CPU-s per million samples (%.1f CPU-s for %d samples)\n", l, c/t/(a/1e6), c/t, a }'
+}
+
+# One node.
+start_node single 127.0.0.1:19364 127.0.0.1:19365
+URL=127.0.0.1:19364 LABEL="single node" run "${PIDS[0]}"
+last=$(( $(grep -o '"last_ts_ms":[0-9]*' "$TMP/lg.json" | cut -d: -f2) / 1000 ))
+"$TMP/querybench" -url http://127.0.0.1:19364 -n 5 -time "$last" > "$TMP/q-single.json"
+echo "single node queries: $(cat "$TMP/q-single.json" | tail -1)"
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
+
+# Three nodes, RF=3 (the default), load through node a.
+start_node a 127.0.0.1:19374 127.0.0.1:19375
+start_node b 127.0.0.1:19384 127.0.0.1:19385 127.0.0.1:19375
+start_node c 127.0.0.1:19394 127.0.0.1:19395 127.0.0.1:19375
+for _ in $(seq 1 300); do
+	n=$(curl -sf http://127.0.0.1:19374/api/v1/status/cluster | grep -o '"in_ring":true' | wc -l)
+	[ "$n" = 3 ] && break; sleep 0.2
+done
+URL=127.0.0.1:19374 LABEL="3 nodes RF=3" run "${PIDS[@]}"
+fwd=$(curl -s http://127.0.0.1:19374/metrics | awk '/^kiln_cluster_forward_bytes_total/ {s+=$2} END {print s+0}')
+acc=$(grep -o '"samples_accepted":[0-9]*' "$TMP/lg.json" | cut -d: -f2)
+awk -v b="$fwd" -v a="$acc" 'BEGIN { printf "internal RPC: %.0f bytes forwarded, %.2f bytes per replicated sample (2 peer copies per sample)\n", b, b/(2*a) }'
+last=$(( $(grep -o '"last_ts_ms":[0-9]*' "$TMP/lg.json" | cut -d: -f2) / 1000 ))
+"$TMP/querybench" -url http://127.0.0.1:19384 -n 5 -time "$last" > "$TMP/q-cluster.json"
+echo "cluster queries through node b: $(tail -1 "$TMP/q-cluster.json")"
