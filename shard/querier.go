@@ -256,7 +256,11 @@ func (q *chunkQuerier) Select(ctx context.Context, sortSeries bool, hints *stora
 	return storage.NewSeriesSetToChunkSet(q.querier.Select(ctx, sortSeries, hints, ms...))
 }
 
-var errBadChunk = errors.New("malformed chunk value")
+// ErrCorrupt marks data on disk that fails its checks (a chunk value whose
+// checksum does not match): the copy must be replaced, not retried.
+var ErrCorrupt = errors.New("corrupt data on disk")
+
+var errBadChunk = fmt.Errorf("malformed chunk value: %w", ErrCorrupt)
 
 // chunkFromValue decodes a persisted chunk value: encoding byte, chunk
 // bytes, CRC32-C of both. The checksum keeps a corrupt value from reaching

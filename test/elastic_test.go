@@ -186,7 +186,8 @@ func TestClusterAntiEntropyRepairs(t *testing.T) {
 	}
 	flags := []string{"--cluster.anti-entropy-interval=2s", "--cluster.leave-on-shutdown=false"}
 	nodes := startCluster(t, 3, 3, flags...)
-	start := time.Now().Add(-time.Hour).Truncate(time.Minute)
+	// Older than anti-entropy's settle lag (15m), so every bucket counts.
+	start := time.Now().Add(-2 * time.Hour).Truncate(time.Minute)
 	data := dataset(start)
 	writeAll(t, nodes[0].addr, data)
 

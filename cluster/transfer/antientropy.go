@@ -1,11 +1,13 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -65,7 +67,8 @@ func (t *Transfer) CheckAll(ctx context.Context) PassStats {
 	r := t.topo.Ring()
 	self := t.topo.Self()
 	step := t.cfg.DigestStep.Milliseconds()
-	maxt := start.Add(10 * time.Minute).UnixMilli()
+	// Both sides digest exactly this window: the peer is asked for it.
+	maxt := start.Add(-t.cfg.SettleLag).UnixMilli()
 	mint := start.Add(-t.cfg.Retention).UnixMilli()
 	mint -= mint % step // buckets aligned on every node
 	for _, p := range r.PartitionsOf(self) {
@@ -83,15 +86,23 @@ func (t *Transfer) CheckAll(ctx context.Context) PassStats {
 		}
 		st.Partitions++
 		local, err := t.store.PartitionDigest(ctx, p, mint, maxt, step)
+		if ctx.Err() != nil {
+			break
+		}
 		if err != nil {
-			// The local copy cannot be read: replace it with a peer's.
 			st.Errors++
-			t.logger.Warn("anti-entropy: local partition unreadable; fetching it whole", "partition", p, "err", err)
-			if err := t.store.DropPartition(ctx, p); err == nil {
-				if _, err := t.Fetch(ctx, p, peers[0]); err == nil {
-					st.Repaired++
-				}
+			if !errors.Is(err, shard.ErrCorrupt) {
+				t.logger.Warn("anti-entropy: local digest failed", "partition", p, "err", err)
+				continue
 			}
+			// The local copy cannot be read: replace it with a peer's,
+			// fetched first so the partition is never left empty here.
+			t.logger.Warn("anti-entropy: local partition corrupt; replacing it with a peer's copy", "partition", p, "peer", peers[0].Name, "err", err)
+			if err := t.replace(ctx, p, peers[0]); err != nil {
+				t.logger.Warn("anti-entropy: replacing a corrupt partition failed", "partition", p, "err", err)
+				continue
+			}
+			st.Repaired++
 			continue
 		}
 		for _, peer := range peers {
@@ -120,6 +131,20 @@ func (t *Transfer) CheckAll(ctx context.Context) PassStats {
 	t.m.passes.Inc()
 	t.m.passSeconds.Set(st.Duration.Seconds())
 	return st
+}
+
+// replace swaps a corrupt local copy of p for a peer's: the peer's stream
+// is read completely into memory before anything is dropped here.
+func (t *Transfer) replace(ctx context.Context, p uint16, from ring.Member) error {
+	var buf bytes.Buffer
+	if err := t.download(ctx, p, from, math.MinInt64, math.MaxInt64, &buf); err != nil {
+		return err
+	}
+	if err := t.store.DropPartition(ctx, p); err != nil {
+		return err
+	}
+	_, err := t.store.ImportPartition(ctx, &buf)
+	return err
 }
 
 // differing returns the remote buckets whose digest differs from the local

@@ -27,6 +27,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -74,8 +75,13 @@ type Config struct {
 	AntiEntropyInterval time.Duration
 	// DigestStep is the width of a digest bucket; default 2h.
 	DigestStep time.Duration
-	// Retention bounds the window anti-entropy compares: [now-Retention, now+10m].
+	// Retention bounds the window anti-entropy compares:
+	// [now-Retention, now-SettleLag).
 	Retention time.Duration
+	// SettleLag keeps the newest data out of the comparison (default 15m):
+	// writes still in flight, or hints about to be replayed, would make
+	// the newest bucket differ on every pass and be pulled for nothing.
+	SettleLag time.Duration
 	// Timeout bounds a digest request; fetches are bounded by their context.
 	Timeout time.Duration
 	Now     func() time.Time
@@ -111,6 +117,9 @@ func New(cfg Config, topo Topology, store Store, reg prometheus.Registerer, logg
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = time.Minute
 	}
+	if cfg.SettleLag <= 0 {
+		cfg.SettleLag = 15 * time.Minute
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -121,8 +130,13 @@ func New(cfg Config, topo Topology, store Store, reg prometheus.Registerer, logg
 	return &Transfer{
 		cfg: cfg, topo: topo, store: store, logger: logger,
 		// No overall timeout: a partition stream may take minutes at the
-		// move rate; contexts bound each call.
-		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}},
+		// move rate; contexts bound each call. A peer that does not answer
+		// at all (paused, cut off) fails the dial or the header wait.
+		client: &http.Client{Transport: &http.Transport{
+			MaxIdleConnsPerHost:   4,
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+			ResponseHeaderTimeout: cfg.Timeout,
+		}},
 		m: metrics{
 			fetchedBytes:  f.NewCounter(prometheus.CounterOpts{Name: "kiln_cluster_transfer_fetched_bytes_total", Help: "Partition stream bytes fetched from peers (moves and repairs)."}),
 			exportedBytes: f.NewCounter(prometheus.CounterOpts{Name: "kiln_cluster_transfer_exported_bytes_total", Help: "Partition stream bytes served to peers."}),
@@ -146,24 +160,12 @@ func (t *Transfer) Drop(ctx context.Context, p uint16) error {
 
 // pull imports partition p's data in [mint, maxt] from a peer.
 func (t *Transfer) pull(ctx context.Context, p uint16, from ring.Member, mint, maxt int64) (int64, error) {
-	q := url.Values{"p": {strconv.Itoa(int(p))}, "mint": {strconv.FormatInt(mint, 10)}, "maxt": {strconv.FormatInt(maxt, 10)}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+from.Addr+ExportPath+"?"+q.Encode(), nil)
+	body, err := t.open(ctx, p, from, mint, maxt)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("fetch partition %d from %s: %w", p, from.Name, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusConflict {
-		return 0, fmt.Errorf("fetch partition %d from %s: %w", p, from.Name, ErrNotOwner)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return 0, fmt.Errorf("fetch partition %d from %s: status %d: %s", p, from.Name, resp.StatusCode, msg)
-	}
-	cr := &countingReader{r: resp.Body}
+	defer body.Close()
+	cr := &countingReader{r: body}
 	st, err := t.store.ImportPartition(ctx, cr)
 	t.m.fetchedBytes.Add(float64(cr.n))
 	if err != nil {
@@ -171,6 +173,42 @@ func (t *Transfer) pull(ctx context.Context, p uint16, from ring.Member, mint, m
 	}
 	t.logger.Debug("partition imported", "partition", p, "from", from.Name, "bytes", cr.n, "series", st.Series, "samples", st.Samples, "duplicates", st.Duplicates)
 	return cr.n, nil
+}
+
+// download copies partition p's stream from a peer into w.
+func (t *Transfer) download(ctx context.Context, p uint16, from ring.Member, mint, maxt int64, w io.Writer) error {
+	body, err := t.open(ctx, p, from, mint, maxt)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	n, err := io.Copy(w, body)
+	t.m.fetchedBytes.Add(float64(n))
+	return err
+}
+
+// open starts the export of partition p on a peer.
+func (t *Transfer) open(ctx context.Context, p uint16, from ring.Member, mint, maxt int64) (io.ReadCloser, error) {
+	q := url.Values{"p": {strconv.Itoa(int(p))}, "mint": {strconv.FormatInt(mint, 10)}, "maxt": {strconv.FormatInt(maxt, 10)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+from.Addr+ExportPath+"?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch partition %d from %s: %w", p, from.Name, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return resp.Body, nil
+	case http.StatusConflict:
+		resp.Body.Close()
+		return nil, fmt.Errorf("fetch partition %d from %s: %w", p, from.Name, ErrNotOwner)
+	default:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		return nil, fmt.Errorf("fetch partition %d from %s: status %d: %s", p, from.Name, resp.StatusCode, msg)
+	}
 }
 
 type countingReader struct {

@@ -49,7 +49,8 @@ func twoNodes(t testing.TB, now time.Time) (a, b *node) {
 	for i, m := range members {
 		db, err := shard.Open(shard.Config{MemTableSize: 4 << 20}, nil, nil)
 		require.NoError(t, err)
-		tr := New(Config{Retention: 24 * time.Hour, DigestStep: time.Hour, Now: func() time.Time { return now }}, topo{self: m.Name, ring: r}, db, nil, nil)
+		// The clock runs 30 minutes ahead of the data, past the settle lag.
+		tr := New(Config{Retention: 24 * time.Hour, DigestStep: time.Hour, Now: func() time.Time { return now.Add(30 * time.Minute) }}, topo{self: m.Name, ring: r}, db, nil, nil)
 		srv := &fasthttp.Server{Handler: tr.Handle, CloseOnShutdown: true}
 		go func() { _ = srv.Serve(lns[i]) }()
 		t.Cleanup(func() {

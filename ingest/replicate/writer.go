@@ -112,7 +112,10 @@ func (w *Writer) Run(ctx context.Context) error {
 				q.replaying = true
 			}
 			q.mu.Unlock()
-			if !ready || !w.topo.Alive(name) {
+			if !ready {
+				continue // nothing due, or a replay of this queue is running
+			}
+			if !w.topo.Alive(name) {
 				w.setReplaying(q, false)
 				continue
 			}
