@@ -118,7 +118,10 @@ type ClusterConfig struct {
 	MaxConcurrentMoves  int
 	AntiEntropyInterval time.Duration // 0 disables anti-entropy
 	// LeaveOnShutdown hands this node's partitions over on SIGTERM before
-	// exiting, bounded by LeaveTimeout.
+	// exiting, bounded by LeaveTimeout. Off by default, as Consul servers'
+	// leave_on_terminate: when every node of a cluster is stopped at once
+	// (make cluster, compose down) each would leave and the membership
+	// would be gone at the next start.
 	LeaveOnShutdown bool
 	LeaveTimeout    time.Duration
 }
@@ -197,7 +200,7 @@ func defaultFlags() Config {
 			MoveRate:            DefaultMoveRate,
 			MaxConcurrentMoves:  DefaultMaxConcurrentMoves,
 			AntiEntropyInterval: DefaultAntiEntropyInterval,
-			LeaveOnShutdown:     true,
+			LeaveOnShutdown:     false,
 			LeaveTimeout:        DefaultLeaveTimeout,
 		},
 	}
@@ -509,7 +512,7 @@ func (c *Config) flagSet() *flag.FlagSet {
 	fs.Var(durationValue{&cl.AntiEntropyInterval}, flagAntiEntropyInterval,
 		"Pause between two anti-entropy passes, which compare replicas by digests and repair differences (0 = off).")
 	fs.BoolVar(&cl.LeaveOnShutdown, flagLeaveOnShutdown, cl.LeaveOnShutdown,
-		"On SIGTERM, hand this node's partitions to others before exiting, so every partition keeps its copies. Turn off for restarts in place.")
+		"On SIGTERM, hand this node's partitions to others and leave the cluster before exiting (decommissioning), so every partition keeps its copies. Off by default: a restart in place, or stopping every node at once, must not dissolve the membership; a stopped node is served by its replicas and removed only after --cluster.dead-node-timeout. POST /api/v1/admin/cluster/leave leaves explicitly.")
 	fs.Var(durationValue{&cl.LeaveTimeout}, flagLeaveTimeout,
 		"How long a leaving node waits for its partitions to be handed over before it exits anyway.")
 	fs.BoolVar(&c.PrintVersion, flagVersion, c.PrintVersion,

@@ -203,7 +203,7 @@ func TestFlags(t *testing.T) {
 		"cluster.write-consistency":     "quorum",
 		"cluster.anti-entropy-interval": "1h",
 		"cluster.dead-node-timeout":     "5m",
-		"cluster.leave-on-shutdown":     "true",
+		"cluster.leave-on-shutdown":     "false",
 		"cluster.leave-timeout":         "5m",
 		"cluster.max-concurrent-moves":  "2",
 		"cluster.move-rate":             "64MiB",

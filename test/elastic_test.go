@@ -116,14 +116,14 @@ func TestClusterGrowsUnderLoad(t *testing.T) {
 	}
 }
 
-// TestClusterShrinksBySIGTERM stops one of five nodes with SIGTERM: it
-// hands its partitions over first, so no partition is under-replicated at
+// TestClusterShrinksBySIGTERM stops one of five nodes with SIGTERM (and
+// --cluster.leave-on-shutdown): it hands its partitions over first, so no partition is under-replicated at
 // any time after it exits.
 func TestClusterShrinksBySIGTERM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process test skipped in -short mode")
 	}
-	nodes := startCluster(t, 5, 3, elasticFlags...)
+	nodes := startCluster(t, 5, 3, append([]string{"--cluster.leave-on-shutdown=true"}, elasticFlags...)...)
 	waitSettled(t, nodes, 5)
 	start := time.Now().Add(-time.Hour).Truncate(time.Minute)
 	writeAll(t, nodes[0].addr, dataset(start)[:60])
