@@ -478,3 +478,30 @@ func TestChainIteratorClips(t *testing.T) {
 	it = (&remoteSeries{chunks: f.chunks, mint: 101, maxt: 109}).Iterator(it)
 	require.Equal(t, chunkenc.ValNone, it.Next())
 }
+
+// Reading fewer replicas than the read quorum answers with what is there
+// and says so: R + W > RF no longer holds for those partitions.
+func TestFewerReplicasThanQuorumWarns(t *testing.T) {
+	c := newCluster(t, 3, 3, Config{Timeout: 10 * time.Second})
+	c.load(t, 20)
+	nd := c.nodes[0]
+	qr, err := nd.q.Querier(0, samples*step)
+	require.NoError(t, err)
+	defer qr.Close()
+	ss := qr.Select(context.Background(), true, nil, allMatcher)
+	for ss.Next() {
+	}
+	require.NoError(t, ss.Err())
+	require.Empty(t, ss.Warnings(), "all replicas alive: read quorum met")
+
+	nd.topo.setDead("n1", "n2")
+	ss = qr.Select(context.Background(), true, nil, allMatcher)
+	n := 0
+	for ss.Next() {
+		n++
+	}
+	require.NoError(t, ss.Err())
+	require.Positive(t, n, "the data this node holds is answered")
+	require.Len(t, ss.Warnings(), 1)
+	require.ErrorContains(t, ss.Warnings().AsErrors()[0], "1024 of 1024 partitions were read from fewer live replicas than the read quorum")
+}

@@ -22,6 +22,11 @@ type plan struct {
 	local     *shard.PartitionSet
 	localUsed bool
 	missing   []uint16 // partitions with no live owner
+	// degraded counts partitions read from fewer live replicas than the
+	// read quorum: R + W > RF no longer holds for them, so a sample
+	// acknowledged just before an owner failed may be missing until
+	// hinted handoff delivers it.
+	degraded int
 }
 
 // plan builds the read plan for one query from the current topology.
@@ -67,6 +72,13 @@ func (q *Queryable) plan() *plan {
 		// Rotate by partition so that the peers share the reads.
 		for k := range min(n, len(peers)) {
 			p.sets[peers[(int(part)+k)%len(peers)]].Add(part)
+		}
+		planned := min(n, len(peers))
+		if hasSelf {
+			planned++
+		}
+		if planned < min(want, len(owners)) {
+			p.degraded++
 		}
 	}
 	if p.self >= 0 {
@@ -222,6 +234,15 @@ func coveredBy(p *plan, failed []bool, part uint16) bool {
 		}
 	}
 	return false
+}
+
+// degradedWarning is the warning for a plan that reads some partitions from
+// fewer replicas than the read quorum.
+func (p *plan) degradedWarning(ws annotations.Annotations) annotations.Annotations {
+	if p.degraded == 0 {
+		return ws
+	}
+	return ws.Add(fmt.Errorf("%d of %d partitions were read from fewer live replicas than the read quorum: samples acknowledged just before a node failed may be missing until hinted handoff delivers them", p.degraded, shard.NumPartitions))
 }
 
 // checkMissing turns missing partitions into an error, or into a warning

@@ -165,7 +165,7 @@ type querier struct{ base }
 
 func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
 	p := qr.q.plan()
-	if p.onlyLocal() && len(p.missing) == 0 {
+	if p.onlyLocal() && len(p.missing) == 0 && p.degraded == 0 {
 		// The common single-node case: the local querier, nothing added.
 		return qr.localQuerier(p.local).Select(ctx, sortSeries, hints, ms...)
 	}
@@ -183,6 +183,7 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
+	ws = p.degradedWarning(ws)
 	sets := make([]storage.SeriesSet, 0, len(frs)+1)
 	if p.localUsed {
 		sets = append(sets, qr.localQuerier(p.local).Select(ctx, true, hints, ms...))
