@@ -189,14 +189,26 @@ func splitKilnSection(data []byte) (string, FileConfig, bool, error) {
 // empty one is scraped as localhost. selfAddr must be a valid host:port, as
 // ParseFlags ensures; anything else is a programming error and panics.
 func DefaultPromConfig(selfAddr string) *promconfig.Config {
+	return defaultPromConfig(selfAddr, "")
+}
+
+// defaultPromConfig scrapes selfAddr and, when instance is set and differs
+// from the target, labels the samples with it: nodes of one cluster that
+// all listen on 0.0.0.0:9364 (containers) must not write the same series.
+func defaultPromConfig(selfAddr, instance string) *promconfig.Config {
+	target := selfTarget(selfAddr)
+	labels := ""
+	if instance != "" && instance != target {
+		labels = "\n        labels:\n          instance: " + strconv.Quote(instance)
+	}
 	text := fmt.Sprintf(`global:
   scrape_interval: 15s
   evaluation_interval: 15s
 scrape_configs:
   - job_name: kiln
     static_configs:
-      - targets: [%s]
-`, strconv.Quote(selfTarget(selfAddr)))
+      - targets: [%s]%s
+`, strconv.Quote(target), labels)
 	// Going through Load, rather than filling in the struct, applies the
 	// same defaults and validation as a file and marks the config loaded,
 	// which GetScrapeConfigs insists on.

@@ -485,6 +485,20 @@ func TestDefaultPromConfig(t *testing.T) {
 	}
 }
 
+// Nodes that all listen on 0.0.0.0:9364 (containers) scrape themselves
+// through localhost but label the samples with their advertised address, so
+// a cluster's nodes never write the same series.
+func TestDefaultPromConfigInstance(t *testing.T) {
+	cfg := defaultPromConfig("0.0.0.0:9364", "node-2:9364")
+	scfgs, err := cfg.GetScrapeConfigs()
+	require.NoError(t, err)
+	require.Contains(t, cfg.String(), "localhost:9364")
+	require.Contains(t, cfg.String(), "instance: node-2:9364")
+	require.Len(t, scfgs, 1)
+	same := defaultPromConfig("127.0.0.1:9364", "127.0.0.1:9364")
+	require.NotContains(t, same.String(), "instance:")
+}
+
 func TestLogger(t *testing.T) {
 	c := DefaultConfig()
 	c.LogLevel, c.LogFormat = "warn", "json"

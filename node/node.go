@@ -85,7 +85,8 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 	n.ln = ln
 	if cfg.Embedded {
 		// Scrape the address actually bound (it differs with port 0).
-		n.cfg.Prom = DefaultPromConfig(ln.Addr().String())
+		bound := ln.Addr().String()
+		n.cfg.Prom = defaultPromConfig(bound, apiAdvertiseAddr(cfg.Cluster.APIAdvertiseAddress, bound, cfg.Cluster))
 		n.cfg.ConfigYAML = n.cfg.Prom.String()
 	}
 
