@@ -84,7 +84,9 @@ func TestClusterGrowsUnderLoad(t *testing.T) {
 	// timestamps in the future.
 	w := newLoadWriter("grow", 30, time.Now().Add(-2*time.Hour).Truncate(time.Second))
 	w.step = 100 * time.Millisecond
-	live := func() []string { return []string{nodes[0].addr, nodes[1].addr} }
+	// Addresses copied now: the test appends to nodes while the load runs.
+	loadAddrs := []string{nodes[0].addr, nodes[1].addr}
+	live := func() []string { return loadAddrs }
 	go w.run(ctx, live, 1_000_000)
 
 	checkAll := func(when string) {
@@ -159,7 +161,8 @@ func TestClusterReReplicatesDeadNode(t *testing.T) {
 	defer cancel()
 	w := newLoadWriter("dead", 30, time.Now().Add(-2*time.Hour).Truncate(time.Second))
 	w.step = 100 * time.Millisecond
-	go w.run(ctx, func() []string { return []string{nodes[0].addr} }, 1_000_000)
+	first := nodes[0].addr
+	go w.run(ctx, func() []string { return []string{first} }, 1_000_000)
 	require.Eventually(t, func() bool { return w.lastOK.Load() != 0 }, 30*time.Second, 10*time.Millisecond)
 
 	nodes[3].kill()
