@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,13 +39,14 @@ type hint struct {
 }
 
 type hintQueue struct {
-	mu        sync.Mutex // serialises writers of this peer's files
-	hints     []hint
+	mu        sync.Mutex // guards the fields below; file I/O happens outside it
+	hints     []hint     // in seq order
 	bytes     int64
 	nextSeq   uint64
 	backoff   time.Duration
 	notBefore time.Time
 	replaying bool
+	warned    atomic.Int64 // over-limit drops logged, to log one in 100
 }
 
 // hintStore keeps the hints of every peer.
@@ -163,13 +166,16 @@ func (hs *hintStore) gauges(peer string, q *hintQueue) {
 }
 
 // add stores body durably as the newest hint for peer, then drops the
-// oldest hints beyond the byte limit.
+// oldest hints beyond the byte limit. The file is written and fsynced
+// outside the queue's lock: while a peer is down every write touching its
+// partitions adds a hint, and serialising their fsyncs would throttle all
+// ingest to one request per fsync pair.
 func (hs *hintStore) add(peer string, body []byte) error {
 	q := hs.queue(peer)
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	h := hint{seq: q.nextSeq, created: hs.now()}
 	q.nextSeq++
+	q.mu.Unlock()
 	if hs.dir == "" {
 		h.body = body
 		h.size = int64(len(body))
@@ -180,15 +186,23 @@ func (hs *hintStore) add(peer string, body []byte) error {
 		}
 		h.size = n
 	}
-	q.hints = append(q.hints, h)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	// Concurrent adds finish in any order; the queue stays in seq order.
+	i, _ := slices.BinarySearchFunc(q.hints, h.seq, func(x hint, seq uint64) int { return cmp.Compare(x.seq, seq) })
+	q.hints = slices.Insert(q.hints, i, h)
 	q.bytes += h.size
+	dropped := 0
 	for q.bytes > hs.max && len(q.hints) > 0 {
 		old := q.hints[0]
 		q.hints = q.hints[1:]
 		q.bytes -= old.size
 		hs.remove(peer, old)
 		hs.m.hintsDropped.Inc()
-		hs.logger.Warn("Dropped the oldest hint: over the per-peer limit", "peer", peer, "bytes", old.size)
+		dropped++
+	}
+	if dropped > 0 && q.warned.Add(1)%100 == 1 {
+		hs.logger.Warn("Dropped the oldest hints: over the per-peer limit; anti-entropy repairs what they held", "peer", peer, "dropped", dropped, "times", q.warned.Load())
 	}
 	hs.gauges(peer, q)
 	return nil
