@@ -120,19 +120,25 @@ func waitMembers(t *testing.T, nodes []*clusterNode, want int) {
 // status reads the node's /api/v1/status/cluster.
 func (n *clusterNode) status() (clusterStatus, error) {
 	var st clusterStatus
-	resp, err := http.Get("http://" + n.addr + "/api/v1/status/cluster")
+	return st, getData(http.DefaultClient, "http://"+n.addr+"/api/v1/status/cluster", &st)
+}
+
+// getData GETs a Prometheus API URL and decodes the envelope's data into
+// into; an error envelope is an error.
+func getData(c *http.Client, url string, into any) error {
+	resp, err := c.Get(url)
 	if err != nil {
-		return st, err
+		return err
 	}
 	defer resp.Body.Close()
 	var pr promResponse
 	if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil {
-		return st, err
+		return err
 	}
 	if pr.Status != "success" {
-		return st, fmt.Errorf("%s: %s", pr.ErrorType, pr.Error)
+		return fmt.Errorf("%s: %s", pr.ErrorType, pr.Error)
 	}
-	return st, json.Unmarshal(pr.Data, &st)
+	return json.Unmarshal(pr.Data, into)
 }
 
 // apiGet calls a Prometheus API endpoint and returns the decoded envelope.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/big"
@@ -236,19 +235,7 @@ var dockerHTTP = &http.Client{Timeout: 30 * time.Second}
 // status reads the node's /api/v1/status/cluster.
 func (n *dockerNode) status() (dockerStatus, error) {
 	var st dockerStatus
-	resp, err := dockerHTTP.Get("http://" + n.addr + "/api/v1/status/cluster")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	var pr promResponse
-	if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil {
-		return st, err
-	}
-	if pr.Status != "success" {
-		return st, fmt.Errorf("%s: %s", pr.ErrorType, pr.Error)
-	}
-	return st, json.Unmarshal(pr.Data, &st)
+	return st, getData(dockerHTTP, "http://"+n.addr+"/api/v1/status/cluster", &st)
 }
 
 // dockerStatus adds what the Docker tests wait on to clusterStatus.
