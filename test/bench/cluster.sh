@@ -7,34 +7,12 @@
 #   test/bench/cluster.sh [SAMPLES] [SERIES]      (defaults 6000000 100000)
 #
 # Runs only on 127.0.0.1; data goes to a temporary directory.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
 SAMPLES=${1:-6000000}
 SERIES=${2:-100000}
-BENCH=../shared/bench
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-make -s build
-(cd $BENCH/loadgen && go build -o "$TMP/loadgen" .)
-(cd $BENCH/querybench && go build -o "$TMP/querybench" .)
-printf 'global:\n  scrape_interval: 15s\n' > "$TMP/empty.yml"
+source "$(dirname "$0")/lib.sh"
 
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 tick=$(getconf CLK_TCK)
-
-start_node() { # name web gossip [peer]
-	local extra=()
-	[ -n "${4:-}" ] && extra+=("--cluster.peer=$4")
-	./bin/kiln --storage.path="$TMP/$1" --config.file="$TMP/empty.yml" --log.level=warn \
-		--web.listen-address="$2" --cluster.listen-address="$3" --cluster.node-name="$1" \
-		--cluster.anti-entropy-interval=0 "${extra[@]}" 2>"$TMP/$1.log" &
-	PIDS+=($!)
-	for _ in $(seq 1 300); do curl -sf "http://$2/-/ready" >/dev/null && return; sleep 0.1; done
-	echo "node $1 did not become ready"; cat "$TMP/$1.log"; exit 1
-}
 
 run() { # label nodes-pids... ; loadgen to $URL
 	local before=0 after=0 p

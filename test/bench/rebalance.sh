@@ -1,35 +1,15 @@
 #!/usr/bin/env bash
 # Rebalance figures: a fourth node joins a loaded three-node cluster (RF=3).
 # Reports the time until no partition moves, the bytes the new node fetched
-# against the ideal (one copy of the data x RF / 4 nodes, measured as the
-# partition-stream bytes the old nodes export of everything), and the ingest
-# throughput while partitions move as a ratio of before.
+# against the ideal (the partition-stream size of one full copy, measured by
+# exporting every partition of node a just before the join, times the share
+# of partitions the new node ends up owning), and the ingest throughput while
+# partitions move as a ratio of before.
 #
 #   test/bench/rebalance.sh [SAMPLES] [SERIES]      (defaults 6000000 100000)
-set -euo pipefail
-cd "$(dirname "$0")/../.."
 SAMPLES=${1:-6000000}
 SERIES=${2:-100000}
-BENCH=../shared/bench
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-make -s build
-(cd $BENCH/loadgen && go build -o "$TMP/loadgen" .)
-printf 'global:\n  scrape_interval: 15s\n' > "$TMP/empty.yml"
-
-start_node() { # name web gossip [peer]
-	local extra=()
-	[ -n "${4:-}" ] && extra+=("--cluster.peer=$4")
-	./bin/kiln --storage.path="$TMP/$1" --config.file="$TMP/empty.yml" --log.level=warn \
-		--web.listen-address="$2" --cluster.listen-address="$3" --cluster.node-name="$1" \
-		--cluster.anti-entropy-interval=0 "${extra[@]}" 2>"$TMP/$1.log" &
-	PIDS+=($!)
-	for _ in $(seq 1 300); do curl -sf "http://$2/-/ready" >/dev/null && return; sleep 0.1; done
-	echo "node $1 did not become ready"; cat "$TMP/$1.log"; exit 1
-}
-metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m || index($1, m"{") == 1 {s+=$2} END {print s+0}'; }
+source "$(dirname "$0")/lib.sh"
 moving() { curl -sf "http://$1/api/v1/status/cluster" | grep -o '"moving_partitions":[0-9]*' | cut -d: -f2; }
 
 start_node a 127.0.0.1:19474 127.0.0.1:19475
@@ -43,6 +23,14 @@ echo "loaded: $(cat "$TMP/load.json")"
 before=$(grep -o '"accepted_per_sec":[0-9.]*' "$TMP/before.json" | cut -d: -f2)
 echo "ingest before the join: $before samples/s"
 
+# One full copy as partition streams (what a fetch moves), from node a.
+full=0
+for p in $(seq 0 1023); do
+	n=$(curl -s "http://127.0.0.1:19474/internal/v1/partition/export?p=$p&mint=-9223372036854775808&maxt=9223372036854775807" | wc -c)
+	full=$((full + n))
+done
+echo "one full copy as partition streams: $((full / 1000000)) MB"
+
 t0=$(date +%s.%N)
 start_node d 127.0.0.1:19504 127.0.0.1:19505 127.0.0.1:19475
 "$TMP/loadgen" -url http://127.0.0.1:19474/api/v1/write -series "$SERIES" -duration 15s -start-ago 30s -batch 2000 -concurrency 4 -progress 0 > "$TMP/during.json" &
@@ -53,13 +41,11 @@ t1=$(date +%s.%N)
 wait $lg
 during=$(grep -o '"accepted_per_sec":[0-9.]*' "$TMP/during.json" | cut -d: -f2)
 fetched=$(metric 127.0.0.1:19504 kiln_cluster_transfer_fetched_bytes_total)
-# One copy of everything, as partition streams: what a node exports of all
-# its partitions, measured by a digest-free full export size estimate:
-# the stream bytes per sample of this data set times the samples held.
-acc=$(grep -o '"samples_accepted":[0-9]*' "$TMP/load.json" | cut -d: -f2)
-awk -v t0="$t0" -v t1="$t1" -v f="$fetched" -v b="$before" -v d="$during" -v a="$acc" 'BEGIN {
+owned=$(curl -sf http://127.0.0.1:19504/api/v1/status/cluster | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print([m for m in d["members"] if m["name"] == "d"][0]["partitions_settled"])')
+awk -v t0="$t0" -v t1="$t1" -v f="$fetched" -v full="$full" -v o="$owned" -v b="$before" -v d="$during" 'BEGIN {
+	ideal = full * o / 1024
 	printf "rebalance 3 -> 4 nodes: %.1f s until no partition moves\n", t1 - t0
-	printf "new node fetched %.1f MB (%.2f bytes per loaded sample; ideal share 3/4 of one copy = %.0f%% of samples)\n", f/1e6, f/a, 75
+	printf "new node owns %d partitions, fetched %.1f MB; ideal %.1f MB (one copy %.1f MB x %d/1024): %.2fx\n", o, f/1e6, ideal/1e6, full/1e6, o, f/ideal
 	printf "ingest during the move: %.0f samples/s = %.2fx of before (%.0f)\n", d, d/b, b
 }'
 for n in a b c d; do echo "$n: $(du -sh "$TMP/$n/shard" | cut -f1) shard data"; done
