@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -62,7 +63,11 @@ type moves struct {
 	gateSince time.Time
 	gateOpen  time.Time
 	avg       time.Duration // moving average duration of one fetch
-	reported  time.Time
+	// resynced is when the gate last pulled the state of members behind on
+	// the epoch; resyncIdle is false while that pull runs.
+	resynced   time.Time
+	resyncIdle atomic.Bool
+	reported   time.Time
 }
 
 // moveLoop runs on every node for as long as Run: it fetches the
@@ -75,6 +80,7 @@ func (c *Cluster) moveLoop(ctx context.Context, r *raft.Raft) {
 		fetched: map[uint16]uint64{}, unreported: map[uint16]bool{}, dropSince: map[uint16]time.Time{},
 		results: make(chan moveResult, c.cfg.MaxConcurrentMoves),
 	}
+	mv.resyncIdle.Store(true)
 	if mv.m == nil {
 		mv.m = nopMover{}
 	}
@@ -176,13 +182,17 @@ func (mv *moves) gate(e uint64, now time.Time) bool {
 		mv.gateEpoch, mv.gateSince, mv.gateOpen = e, now, time.Time{}
 	}
 	if mv.gateOpen.IsZero() {
-		var behind []string
+		var behind, addrs []string
 		for _, p := range c.gossip.peerMap() {
 			if p.Name != c.cfg.NodeName && p.alive() && p.MetaErr == nil && p.Meta.HasState && p.Meta.Epoch < e {
 				behind = append(behind, p.Name)
+				if p.GossipAddr != "" {
+					addrs = append(addrs, p.GossipAddr)
+				}
 			}
 		}
 		if len(behind) > 0 && now.Sub(mv.gateSince) < 30*c.cfg.ReconcileInterval {
+			mv.resync(now, behind, addrs)
 			return false
 		}
 		if len(behind) > 0 {
@@ -191,6 +201,27 @@ func (mv *moves) gate(e uint64, now time.Time) bool {
 		mv.gateOpen = now
 	}
 	return now.Sub(mv.gateOpen) >= c.cfg.ReconcileInterval
+}
+
+// resync pulls the gossip state of members that look behind on the epoch
+// for more than two ReconcileIntervals. A metadata broadcast lost on a
+// loaded machine is otherwise repaired only by memberlist's periodic
+// push-pull (30 s on LAN defaults), which held every move back that long;
+// Join with a known member is exactly one push-pull with it.
+func (mv *moves) resync(now time.Time, behind, addrs []string) {
+	c := mv.c
+	if len(addrs) == 0 || now.Sub(mv.gateSince) < 2*c.cfg.ReconcileInterval || now.Sub(mv.resynced) < 2*c.cfg.ReconcileInterval ||
+		!mv.resyncIdle.CompareAndSwap(true, false) {
+		return
+	}
+	mv.resynced = now
+	c.logger.Info("members have not gossiped the ring epoch yet; pulling their state", "epoch", mv.gateEpoch, "members", behind)
+	go func() {
+		defer mv.resyncIdle.Store(true)
+		if _, err := c.ml.Join(addrs); err != nil {
+			c.logger.Debug("gossip resync failed", "members", behind, "err", err)
+		}
+	}()
 }
 
 // source picks an alive settled owner of p other than this node, the one

@@ -74,12 +74,42 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// freeAddr returns a free loopback TCP address.
+// Ports for the processes come from below the kernel's ephemeral range
+// (32768+ on Linux): a port bound with :0 and closed again could be handed
+// to a node's outgoing connection before the process binds it, which made
+// a start fail with "address already in use". Each port is given out once
+// per test binary, from a random start so parallel binaries rarely meet.
+var (
+	portMu   sync.Mutex
+	nextPort = 20000 + int(time.Now().UnixNano()%10000)
+)
+
+// freeAddr returns a loopback address whose TCP and UDP ports (gossip uses
+// both) are free.
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	t.Helper()
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 1000 {
+		port := nextPort
+		if nextPort++; nextPort >= 32000 {
+			nextPort = 20000
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr
+	}
+	t.Fatal("no free loopback port in 20000-32000")
+	return ""
 }
 
 // startKiln starts kiln with the given data dir and extra flags and waits
@@ -141,7 +171,10 @@ func tail(s string, n int) string {
 }
 
 // stop sends SIGTERM and waits for a clean exit.
-func (p *proc) stop() {
+func (p *proc) stop() { p.stopWithin(30 * time.Second) }
+
+// stopWithin sends SIGTERM and waits up to d for a clean exit.
+func (p *proc) stopWithin(d time.Duration) {
 	if p.cmd.Process == nil {
 		return
 	}
@@ -153,8 +186,8 @@ func (p *proc) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
-	case <-time.After(30 * time.Second):
-		p.t.Errorf("kiln %s did not stop on SIGTERM", p.addr)
+	case <-time.After(d):
+		p.t.Errorf("kiln %s did not stop on SIGTERM within %v", p.addr, d)
 		p.kill()
 	}
 }
