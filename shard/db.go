@@ -68,10 +68,11 @@ const stripeCount = 1 << 10
 
 // DB is the storage engine of one node. It implements storage.Storage.
 type DB struct {
-	cfg     Config
-	bdb     *badger.DB
-	logger  *slog.Logger
-	metrics *metrics
+	appendBufs sync.Pool // *appendBufs
+	cfg        Config
+	bdb        *badger.DB
+	logger     *slog.Logger
+	metrics    *metrics
 
 	stripes [stripeCount]struct {
 		sync.Mutex

@@ -69,7 +69,7 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 		}
 		b := a.batches[o]
 		if b == nil {
-			b = &batch{}
+			b = a.w.newBatch()
 			a.batches[o] = b
 		}
 		sidx := b.seriesIndex(ls, hash, opts.MetricFamilyName, opts.Metadata)
@@ -117,6 +117,7 @@ func (a *appender) Commit() error {
 		if b == nil || b.empty() {
 			continue
 		}
+		w.sawBatch(b)
 		m := members[i]
 		if !w.topo.Alive(m.Name) {
 			results[i].err = fmt.Errorf("%s: reported dead by gossip", m.Name)

@@ -64,7 +64,7 @@ type node struct {
 
 func (n *node) writer() *Writer { return n.w.Load() }
 
-func startNode(t *testing.T, name string, cfg Config, c *cluster) *node {
+func startNode(t testing.TB, name string, cfg Config, c *cluster) *node {
 	t.Helper()
 	db, err := shard.Open(shard.Config{}, nil, nil)
 	require.NoError(t, err)
@@ -97,7 +97,7 @@ func startNode(t *testing.T, name string, cfg Config, c *cluster) *node {
 
 // restart replaces the node's Writer (tables, caches and memory hints are
 // lost; hints in HintsDir are not).
-func (n *node) restart(t *testing.T, cfg Config, c *cluster) {
+func (n *node) restart(t testing.TB, cfg Config, c *cluster) {
 	t.Helper()
 	w, err := New(cfg, topo{c: c, self: n.name}, n.db, nil, nil)
 	require.NoError(t, err)
@@ -107,7 +107,7 @@ func (n *node) restart(t *testing.T, cfg Config, c *cluster) {
 }
 
 // threeNodes starts three nodes with a ring of rf.
-func threeNodes(t *testing.T, rf int, cfg Config) (*cluster, []*node) {
+func threeNodes(t testing.TB, rf int, cfg Config) (*cluster, []*node) {
 	t.Helper()
 	c := &cluster{dead: map[string]bool{}}
 	var nodes []*node

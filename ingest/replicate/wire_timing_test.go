@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/metadata"
@@ -146,5 +148,52 @@ func BenchmarkSingleNode(b *testing.B) {
 		require.NoError(b, err)
 		defer w.Close()
 		run(b, func() storage.AppenderV2 { return w.AppenderV2(context.Background()) })
+	})
+}
+
+// cpuTime is the process's user+system CPU time.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkCPUPerSample compares the CPU the whole process spends per
+// sample: a bare shard (one node), and three in-process nodes at RF=3 over
+// real HTTP written through one of them (the three copies' appends, the
+// encoding, the RPCs and the peers' decoding). Their ratio is the issue's
+// "CPU per ingested sample at RF=3 / single node" without other processes.
+func BenchmarkCPUPerSample(b *testing.B) {
+	series := make([]labels.Labels, 2000)
+	for i := range series {
+		series[i] = loadgenSeries(i)
+	}
+	run := func(b *testing.B, app func() storage.AppenderV2) {
+		b.ReportAllocs()
+		round := 0
+		c0 := cpuTime(b)
+		for b.Loop() {
+			a := app()
+			for i, ls := range series {
+				if _, err := a.Append(0, ls, 0, 1_700_000_000_000+int64(round)*15000, loadgenValue(i, round), nil, nil, storage.AppendV2Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := a.Commit(); err != nil {
+				b.Fatal(err)
+			}
+			round++
+		}
+		b.ReportMetric(float64(cpuTime(b)-c0)/float64(b.N*len(series)), "cpu-ns/sample")
+	}
+	b.Run("single", func(b *testing.B) {
+		db, err := shard.Open(shard.Config{}, nil, nil)
+		require.NoError(b, err)
+		defer db.Close()
+		run(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
+	})
+	b.Run("rf3", func(b *testing.B) {
+		_, nodes := threeNodes(b, 3, Config{})
+		run(b, func() storage.AppenderV2 { return nodes[0].writer().AppenderV2(context.Background()) })
 	})
 }

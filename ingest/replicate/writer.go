@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -32,6 +33,31 @@ type Writer struct {
 
 	mu    sync.Mutex
 	peers map[string]*peer
+
+	// batchHint is the size of the largest recent peer batch: new batches
+	// start with that capacity, as growing them sample by sample was a
+	// tenth of the coordinator's CPU (copying on every doubling).
+	batchHint atomic.Int64
+}
+
+// newBatch returns an empty peer batch sized like recent ones.
+func (w *Writer) newBatch() *batch {
+	n := int(w.batchHint.Load())
+	if n == 0 {
+		return &batch{}
+	}
+	return &batch{series: make([]bseries, 0, n), index: make(map[uint64]int32, n), floats: make([]fsample, 0, n)}
+}
+
+// sawBatch updates the size hint: it follows the largest batch, decaying
+// by an eighth per batch so one huge request does not pin it.
+func (w *Writer) sawBatch(b *batch) {
+	n := int64(max(len(b.floats), len(b.series)))
+	old := w.batchHint.Load()
+	next := max(n, old-old/8)
+	if next != old {
+		w.batchHint.CompareAndSwap(old, next)
+	}
 }
 
 // New returns a Writer appending this node's share to local.
