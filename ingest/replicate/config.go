@@ -28,6 +28,7 @@ const (
 	DefaultMaxInflightPerPeer  = 8
 	DefaultMaxHintBytesPerPeer = 1 << 30
 	DefaultStragglerTimeout    = 500 * time.Millisecond
+	DefaultHintsForgetAfter    = 10 * time.Minute
 )
 
 // Config configures a Writer. Zero fields take defaults.
@@ -51,6 +52,9 @@ type Config struct {
 	// MaxHintBytesPerPeer bounds the hints kept for one peer (default 1 GiB);
 	// the oldest are dropped beyond it.
 	MaxHintBytesPerPeer int64 `yaml:"max_hint_bytes_per_peer"`
+	// HintsForgetAfter is how long a node with hints must have been out
+	// of the ring before its hints are deleted (default 10m).
+	HintsForgetAfter time.Duration `yaml:"hints_forget_after"`
 	// Now is the clock (default time.Now).
 	Now func() time.Time `yaml:"-"`
 
@@ -74,6 +78,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxHintBytesPerPeer == 0 {
 		c.MaxHintBytesPerPeer = DefaultMaxHintBytesPerPeer
+	}
+	if c.HintsForgetAfter == 0 {
+		c.HintsForgetAfter = DefaultHintsForgetAfter
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -302,6 +302,26 @@ func (hs *hintStore) done(peer string, h hint) {
 	hs.gauges(peer, q)
 }
 
+// forget deletes every hint of peer: it left the ring, and the partitions
+// it owned are copied from the owners that acknowledged those writes. A
+// replay running meanwhile finds its hint gone and stops (done is a no-op).
+func (hs *hintStore) forget(peer string) (n int, bytes int64) {
+	q := hs.queue(peer)
+	q.mu.Lock()
+	dropped := q.hints
+	n, bytes = len(q.hints), q.bytes
+	q.hints, q.bytes = nil, 0
+	hs.gauges(peer, q)
+	q.mu.Unlock()
+	for _, h := range dropped {
+		hs.remove(peer, h)
+	}
+	if hs.dir != "" {
+		_ = os.Remove(hs.peerDir(peer)) // only if empty; a hint added meanwhile stays
+	}
+	return n, bytes
+}
+
 // HintBacklog is what one peer has waiting in hints.
 type HintBacklog struct {
 	Hints     int           `json:"hints"`

@@ -118,6 +118,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	defer t.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	gone := map[string]time.Time{} // peer with hints -> first seen outside the ring
 	for {
 		select {
 		case <-ctx.Done():
@@ -131,6 +132,9 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		w.hints.mu.Unlock()
 		for _, name := range names {
+			if w.forgetGone(name, gone) {
+				continue
+			}
 			q := w.hints.queue(name)
 			q.mu.Lock()
 			ready := len(q.hints) > 0 && !q.replaying && !w.cfg.Now().Before(q.notBefore)
@@ -153,6 +157,35 @@ func (w *Writer) Run(ctx context.Context) error {
 			}()
 		}
 	}
+}
+
+// forgetGone deletes the hints of a peer that has not been a ring member
+// for HintsForgetAfter: the cluster removed it (dead-node timeout or leave)
+// and re-replicates its partitions from their other owners, so the hints
+// would only fill the disk. A ring not known yet forgets nothing.
+func (w *Writer) forgetGone(name string, gone map[string]time.Time) bool {
+	r := w.topo.Ring()
+	if r == nil || len(r.Members()) == 0 {
+		return false
+	}
+	if _, member := r.Member(name); member {
+		delete(gone, name)
+		return false
+	}
+	now := w.cfg.Now()
+	since, ok := gone[name]
+	if !ok {
+		gone[name] = now
+		return false
+	}
+	if now.Sub(since) < w.cfg.HintsForgetAfter {
+		return false
+	}
+	delete(gone, name)
+	if n, b := w.hints.forget(name); n > 0 {
+		w.logger.Info("deleted the hints of a node no longer in the cluster", "peer", name, "hints", n, "bytes", b)
+	}
+	return true
 }
 
 func (w *Writer) setReplaying(q *hintQueue, v bool) {

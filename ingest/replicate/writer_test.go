@@ -2,6 +2,8 @@ package replicate
 
 import (
 	"context"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -318,4 +320,48 @@ func TestGrowingClusterWritesWithFewSettledOwners(t *testing.T) {
 	for _, n := range nodes {
 		require.Len(t, samples(t, n.db), 20, "node %s", n.name)
 	}
+}
+
+// TestHintsOfRemovedPeerForgotten: a peer the cluster removed from the ring
+// (dead-node timeout) loses its hints after HintsForgetAfter, files
+// included; until then, and while it is a member, they are kept.
+func TestHintsOfRemovedPeerForgotten(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Unix(1_700_000_000, 0).UnixNano())
+	cfg := fastCfg()
+	cfg.HintsDir = t.TempDir()
+	cfg.HintsForgetAfter = time.Minute
+	cfg.Now = func() time.Time { return time.Unix(0, now.Load()) }
+	c, nodes := threeNodes(t, 3, cfg)
+	a, gone := nodes[0], nodes[2]
+	gone.down.Store(true)
+	c.setDead(gone.name, true)
+	app := a.writer().AppenderV2(context.Background())
+	writeSeries(t, app, 20, 1000, func(i int) float64 { return float64(i) })
+	require.NoError(t, app.Commit())
+	require.Equal(t, 1, a.writer().Backlog()[gone.name].Hints)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- a.writer().Run(ctx) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+
+	// Still a member: kept however long it is down.
+	now.Add(int64(time.Hour))
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, 1, a.writer().Backlog()[gone.name].Hints)
+
+	// Removed from the ring: kept for HintsForgetAfter, then deleted.
+	r, err := ring.New([]ring.Member{{Name: "a", Addr: nodes[0].addr}, {Name: "b", Addr: nodes[1].addr}}, 2, 2)
+	require.NoError(t, err)
+	c.mu.Lock()
+	c.ring = r
+	c.mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, 1, a.writer().Backlog()[gone.name].Hints)
+	now.Add(int64(2 * time.Minute))
+	require.Eventually(t, func() bool { return a.writer().Backlog()[gone.name].Hints == 0 }, 5*time.Second, 20*time.Millisecond)
+	files, err := filepath.Glob(filepath.Join(cfg.HintsDir, "*", "*"+hintExt))
+	require.NoError(t, err)
+	require.Empty(t, files)
 }
