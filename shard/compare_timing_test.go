@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/stretchr/testify/require"
@@ -87,6 +88,10 @@ func openImpl(tb testing.TB, impl, dir string) closer {
 		db, err := shard.Open(shard.Config{Path: dir}, prometheus.NewRegistry(), nil)
 		require.NoError(tb, err)
 		return db
+	case "kiln-sync-1s":
+		db, err := shard.Open(shard.Config{Path: dir, SyncInterval: time.Second}, prometheus.NewRegistry(), nil)
+		require.NoError(tb, err)
+		return db
 	default:
 		db, err := tsdb.Open(dir, nil, prometheus.NewRegistry(), tsdb.DefaultOptions(), nil)
 		require.NoError(tb, err)
@@ -98,7 +103,7 @@ func openImpl(tb testing.TB, impl, dir string) closer {
 // commits: one op is one round, benchSeries samples.
 func BenchmarkIngest(b *testing.B) {
 	ss := genSeries(benchSeries)
-	for _, impl := range []string{"kiln", "prometheus"} {
+	for _, impl := range []string{"kiln", "kiln-sync-1s", "prometheus"} {
 		b.Run(impl, func(b *testing.B) {
 			db := openImpl(b, impl, b.TempDir())
 			defer db.Close()
@@ -181,4 +186,83 @@ func globSize(tb testing.TB, pattern string) int64 {
 		n += info.Size()
 	}
 	return n
+}
+
+// dashboardQueries are querybench's default dashboard set
+// (shared/bench/querybench), with metric and label names mapped onto
+// genSeries: job is always "api", pod/method/status select subsets.
+var dashboardQueries = []struct {
+	name, expr string
+	rng        bool
+}{
+	{"q01_instant", `sum by (job) (rate(http_requests_total[5m]))`, false},
+	{"q02_instant", `sum by (job) (rate(http_requests_total{status="500"}[5m])) / sum by (job) (rate(http_requests_total[5m]))`, false},
+	{"q03_instant", `histogram_quantile(0.99, sum by (job, le) (rate(http_request_duration_seconds_bucket[5m])))`, false},
+	{"q04_instant", `topk(10, sum by (pod) (rate(http_requests_total{method!="GET"}[5m])))`, false},
+	{"q05_instant", `count by (job) (process_resident_memory_bytes)`, false},
+	{"q06_instant", `rate(http_requests_total{pod="api-7",method="GET",status="200"}[5m])`, false},
+	{"q07_range", `sum by (job) (rate(http_requests_total[5m]))`, true},
+	{"q08_range", `histogram_quantile(0.95, sum by (le, pod) (rate(http_request_duration_seconds_bucket{pod=~"api-1[0-9]"}[5m])))`, true},
+	{"q09_range", `sum by (pod) (process_resident_memory_bytes)`, true},
+	{"q10_range", `topk(5, avg by (instance) (process_resident_memory_bytes))`, true},
+	{"q11_range", `sum(rate(http_requests_total[5m]))`, true},
+	{"q12_range", `avg_over_time(process_resident_memory_bytes{pod="api-7"}[5m])`, true},
+}
+
+// BenchmarkDashboard loads 1 h at 15 s of benchSeries series into each
+// implementation once, outside the timer, then runs querybench's dashboard
+// set: instant queries at the last sample and 1 h range queries at a 15 s
+// step. Both sides serve the hour from their in-memory head, as a live
+// node does for a dashboard's last hour: Kiln keeps HeadWindow (3 h) in
+// memory and Prometheus keeps 2-3 h in its head, so the Prometheus head is
+// queried, not a compacted block. One op is one query evaluation.
+func BenchmarkDashboard(b *testing.B) {
+	ss := genSeries(benchSeries)
+	const rounds = 240
+	t0 := time.Now().Add(-2 * time.Hour).Truncate(time.Minute).UnixMilli()
+	end := time.UnixMilli(t0 + (rounds-1)*benchStep)
+	engine := promql.NewEngine(promql.EngineOpts{
+		MaxSamples:    50e6,
+		Timeout:       time.Minute,
+		LookbackDelta: 5 * time.Minute,
+	})
+	defer engine.Close()
+	for _, impl := range []string{"kiln", "prometheus"} {
+		b.Run(impl, func(b *testing.B) {
+			// This function runs once per benchmark run, so the load is
+			// shared by every query below and never timed.
+			db := openImpl(b, impl, b.TempDir())
+			defer db.Close()
+			refs := make([]storage.SeriesRef, len(ss))
+			for r := 0; r < rounds; r++ {
+				ingestRound(b, db, ss, refs, r, t0)
+			}
+			qa := db.(storage.Queryable)
+			for _, dq := range dashboardQueries {
+				b.Run(dq.name, func(b *testing.B) {
+					ctx := context.Background()
+					b.ReportAllocs()
+					for b.Loop() {
+						var (
+							q   promql.Query
+							err error
+						)
+						if dq.rng {
+							q, err = engine.NewRangeQuery(ctx, qa, nil, dq.expr, end.Add(-time.Hour), end, 15*time.Second)
+						} else {
+							q, err = engine.NewInstantQuery(ctx, qa, nil, dq.expr, end)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+						res := q.Exec(ctx)
+						if res.Err != nil {
+							b.Fatal(res.Err)
+						}
+						q.Close()
+					}
+				})
+			}
+		})
+	}
 }

@@ -36,6 +36,13 @@ type Config struct {
 	RetentionInterval time.Duration
 	// MaxExemplars sizes the in-memory exemplar ring. Default 100000.
 	MaxExemplars int64
+	// SyncInterval 0 (the default) fsyncs every commit before it is
+	// acknowledged. A positive interval acknowledges a commit once it is
+	// in the OS page cache (badger writes through mmap: a killed process
+	// loses nothing) and fsyncs every interval, so a power cut or kernel
+	// crash loses at most that much: the durability of Prometheus's WAL,
+	// which is not fsynced per write either.
+	SyncInterval time.Duration
 	// MemTableSize overrides badger's memtable size (64 MiB); tests that
 	// open many DBs set it small.
 	MemTableSize int64
@@ -111,8 +118,9 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 	start := time.Now()
 	opts := badger.DefaultOptions(cfg.Path).
 		WithInMemory(cfg.Path == "").
-		// A write is acknowledged only after it is on disk.
-		WithSyncWrites(true).
+		// A write is acknowledged only after it is on disk, unless
+		// SyncInterval trades that for page-cache durability.
+		WithSyncWrites(cfg.SyncInterval <= 0).
 		// Write-only transactions never conflict; skip the bookkeeping.
 		WithDetectConflicts(false).
 		// Chunks and series stay in the LSM tree; large write-ahead records
@@ -167,7 +175,29 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 	db.wg.Add(2)
 	go db.flushLoop(ctx)
 	go db.retentionLoop(ctx)
+	if cfg.SyncInterval > 0 && cfg.Path != "" {
+		db.wg.Add(1)
+		go db.syncLoop(ctx)
+	}
 	return db, nil
+}
+
+// syncLoop fsyncs badger's write-ahead files every SyncInterval (only when
+// commits do not fsync themselves).
+func (db *DB) syncLoop(ctx context.Context) {
+	defer db.wg.Done()
+	t := time.NewTicker(db.cfg.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := db.bdb.Sync(); err != nil {
+			db.logger.Error("periodic fsync failed", "err", err)
+		}
+	}
 }
 
 // Close stops the background loops, persists the head and closes badger.

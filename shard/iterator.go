@@ -83,7 +83,7 @@ func (it *chainIterator) move(t int64) chunkenc.ValueType {
 			if it.i >= len(it.chunks) || it.chunks[it.i].mint > it.maxt {
 				return it.stop()
 			}
-			it.cur = it.chunks[it.i].chk.Iterator(it.reuse)
+			it.cur = chunkIterator(it.chunks[it.i].chk, it.reuse)
 			it.reuse = it.cur
 			it.i++
 			vt = it.cur.Seek(t)
@@ -137,7 +137,7 @@ func newMergedIterator(chunks []readChunk, mint, maxt int64) chunkenc.Iterator {
 	var all []ranked
 	var it chunkenc.Iterator
 	for _, c := range chunks {
-		it = c.chk.Iterator(it)
+		it = chunkIterator(c.chk, it)
 		for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
 			t := it.AtT()
 			if t < mint || t > maxt {

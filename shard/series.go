@@ -54,6 +54,7 @@ type memChunk struct {
 	seq        uint64 // unique id: orders replicas of a timestamp (lower wins) and names the key
 	savedKey   []byte // key the chunk was last persisted under; nil if never
 	savedN     int    // samples it held when persisted
+	cps        xor2Checkpoints
 }
 
 func (c *memChunk) valueType() chunkenc.ValueType { return encodingValueType(c.chk.Encoding()) }
@@ -328,7 +329,12 @@ func (s *memSeries) snapshot(mint, maxt int64, out []readChunk) ([]readChunk, ma
 			return
 		}
 		chk := c.chk
-		if open {
+		if chk.Encoding() == chunkenc.EncXOR2 {
+			// Appends to the open chunk rewrite only the header and the
+			// last byte, which the view copies; the rest is read in place
+			// (see xor2.go).
+			chk = viewXOR2Kept(chk.Bytes(), &c.cps)
+		} else if open {
 			// The open chunk's bytes change under appends; readers get a copy.
 			b := slices.Clone(chk.Bytes())
 			var err error
