@@ -54,6 +54,7 @@ const (
 const (
 	flagStoragePath         = "storage.path"
 	flagRetention           = "storage.retention.time"
+	flagSyncInterval        = "storage.sync-interval"
 	flagListenAddress       = "web.listen-address"
 	flagMaxRequestBytes     = "web.max-request-bytes"
 	flagConfigFile          = "config.file"
@@ -131,6 +132,7 @@ type ClusterConfig struct {
 type Config struct {
 	StoragePath         string
 	Retention           time.Duration
+	SyncInterval        time.Duration
 	ListenAddress       string
 	ConfigFile          string
 	QueryTimeout        time.Duration
@@ -312,6 +314,9 @@ func (c Config) Validate() error {
 	if c.StoragePath == "" {
 		bad(flagStoragePath, "must not be empty")
 	}
+	if c.SyncInterval < 0 {
+		bad(flagSyncInterval, "must not be negative, got %s", c.SyncInterval)
+	}
 	if c.Retention <= 0 {
 		bad(flagRetention, "must be positive, got %s", c.Retention)
 	}
@@ -460,6 +465,8 @@ func (c *Config) flagSet() *flag.FlagSet {
 		"Directory holding the shards' data.")
 	fs.Var(durationValue{&c.Retention}, flagRetention,
 		"How long to keep samples (Prometheus durations: 15d, 2w, 12h). storage.tsdb.retention.time in the config file applies when this flag is not given.")
+	fs.Var(durationValue{&c.SyncInterval}, flagSyncInterval,
+		"0 fsyncs every write before acknowledging it. A positive interval acknowledges writes once the OS holds them (a killed kiln loses nothing) and fsyncs every interval, so a power cut loses at most that much, as with Prometheus's WAL.")
 	fs.StringVar(&c.ListenAddress, flagListenAddress, c.ListenAddress,
 		"Address to listen on for the API, remote write and /metrics.")
 	fs.Var(bytesValue{&c.MaxRequestBytes}, flagMaxRequestBytes,

@@ -179,6 +179,7 @@ func TestFlags(t *testing.T) {
 	require.Equal(t, map[string]string{
 		"storage.path":           "./data",
 		"storage.retention.time": "15d",
+		"storage.sync-interval":  "0s",
 		"web.listen-address":     "0.0.0.0:9364",
 		"web.max-request-bytes":  "64MiB",
 		"config.file":            "",

@@ -94,8 +94,9 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 		return nil, errors.Join(fmt.Errorf("create storage path: %w", err), ln.Close())
 	}
 	n.db, err = shard.Open(shard.Config{
-		Path:      filepath.Join(cfg.StoragePath, "shard"),
-		Retention: cfg.Retention,
+		Path:         filepath.Join(cfg.StoragePath, "shard"),
+		Retention:    cfg.Retention,
+		SyncInterval: cfg.SyncInterval,
 	}, n.reg, logger.With("component", "storage"))
 	if err != nil {
 		return nil, errors.Join(err, ln.Close())

@@ -21,9 +21,20 @@ func TestKill9KeepsAcknowledgedSamples(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process test skipped in -short mode")
 	}
+	// Fsync per write (the default), and acknowledging once the OS holds
+	// the write with a periodic fsync: a killed process loses nothing
+	// either way.
+	for _, sync := range []string{"0", "1s"} {
+		t.Run("sync-interval="+sync, func(t *testing.T) {
+			testKill9KeepsAcknowledgedSamples(t, "--storage.sync-interval="+sync)
+		})
+	}
+}
+
+func testKill9KeepsAcknowledgedSamples(t *testing.T, flags ...string) {
 	dir := t.TempDir() + "/data"
 	addr := freeAddr(t)
-	p := startKiln(t, dir, addr)
+	p := startKiln(t, dir, addr, flags...)
 
 	const (
 		senders   = 4
@@ -69,7 +80,7 @@ func TestKill9KeepsAcknowledgedSamples(t *testing.T) {
 	p.kill()
 	wg.Wait()
 
-	p = startKiln(t, dir, addr)
+	p = startKiln(t, dir, addr, flags...)
 	require.Contains(t, p.log.String(), "storage opened", "restart logs its duration")
 	end := base.Add(3000 * time.Second)
 	for s := 0; s < senders; s++ {
