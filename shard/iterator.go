@@ -49,13 +49,33 @@ type chainIterator struct {
 	i          int
 	mint, maxt int64
 	cur        chunkenc.Iterator
+	curMaxT    int64 // maxt of cur's chunk
 	reuse      chunkenc.Iterator
 	vt         chunkenc.ValueType
 	done       bool
 	err        error
 }
 
-func (it *chainIterator) Next() chunkenc.ValueType { return it.move(math.MinInt64) }
+// Next has a fast path for the common step, the next sample of the current
+// chunk: one call into the chunk iterator, and the maxt check only in the
+// chunk that crosses maxt.
+func (it *chainIterator) Next() chunkenc.ValueType {
+	if it.cur != nil && !it.done {
+		if vt := it.cur.Next(); vt != chunkenc.ValNone {
+			if it.curMaxT <= it.maxt || it.cur.AtT() <= it.maxt {
+				it.vt = vt
+				return vt
+			}
+			return it.stop()
+		}
+		if err := it.cur.Err(); err != nil {
+			it.err = err
+			return it.stop()
+		}
+		it.cur = nil
+	}
+	return it.move(math.MinInt64)
+}
 
 func (it *chainIterator) Seek(t int64) chunkenc.ValueType {
 	if it.done {
@@ -84,6 +104,7 @@ func (it *chainIterator) move(t int64) chunkenc.ValueType {
 				return it.stop()
 			}
 			it.cur = chunkIterator(it.chunks[it.i].chk, it.reuse)
+			it.curMaxT = it.chunks[it.i].maxt
 			it.reuse = it.cur
 			it.i++
 			vt = it.cur.Seek(t)
