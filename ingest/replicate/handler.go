@@ -108,10 +108,7 @@ func (w *Writer) apply(ctx *fasthttp.RequestCtx, req *request, defs []*rdef) ([]
 		}
 		for range s.nf {
 			f := &req.floats[fi]
-			v := f.v
-			if f.isDelta {
-				v += d.base
-			}
+			v := f.value(d.base)
 			opts.Exemplars = exemplarsFor(fi)
 			r, err := app.Append(storage.SeriesRef(d.ref.Load()), d.ls, f.st, f.t, v, nil, nil, opts)
 			if err := outcome(fi, d, r, err); err != nil {

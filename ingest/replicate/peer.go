@@ -34,7 +34,11 @@ type cachedSeries struct {
 	id    uint32
 	base  float64
 	acked bool // the peer confirmed a request defining it (under peerCache.mu)
-	next  *cachedSeries
+	// prev is the last value sent (whether or not acknowledged): only the
+	// sender's rebase heuristic reads it.
+	prev    float64
+	hasPrev bool
+	next    *cachedSeries
 }
 
 // peerCache is a sender's series cache for one peer, see the package doc.

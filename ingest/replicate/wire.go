@@ -18,18 +18,73 @@ import (
 
 // The request layout is documented in WIRE.md; keep the two in step.
 const (
-	wireVersion = 1
+	// wireVersion 2 added decimal values (tag 2); a version 1 request is
+	// a version 2 one without them, so hints written before still replay.
+	wireVersion = 2
 	flagFull    = 1 // self-contained: defines every series it uses
 
 	// maxPayload bounds a decompressed request (and so the decoder's memory).
 	maxPayload = 256 << 20
 	// maxSeriesIDs bounds a sender's series cache generation, on both sides.
 	maxSeriesIDs = 1 << 21
-	// maxDelta: integral values further than this from their series' base
-	// make the sender define the series afresh with a new base, so deltas
-	// stay at most 3 varint bytes before compression.
+	// maxDelta: a series drifting further than this from its base (in the
+	// units of its deltas) is defined afresh with a new base, so deltas
+	// stay at most 3 varint bytes before compression. Values that jump
+	// around (wide gauges) keep their base: a new one would not stay near.
 	maxDelta = 1 << 20
+	// maxDecimals is the most decimal digits of a value sent as a decimal.
+	maxDecimals = 9
 )
+
+// pow10 are exact powers of ten.
+var pow10 = [maxDecimals + 1]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
+
+// scaledBase is base in units of 10^-k, or 0 where that is not an exact
+// integer below 2^53. Sender and receiver compute it alike.
+func scaledBase(base float64, k int) int64 {
+	b := base * pow10[k]
+	if !(math.Abs(b) < 1<<53) || b != math.Trunc(b) {
+		return 0
+	}
+	return int64(b)
+}
+
+// decimalOf finds the fewest decimal digits k (1..maxDecimals) with which v
+// is exactly m / 10^k for an integer m below 2^53, and returns k and m's
+// delta from the scaled base. Counters of seconds or bytes scaled by
+// 0.01 or 0.001 are like this; sent raw they cost 8 bytes each.
+func decimalOf(v, base float64) (k int, d int64, ok bool) {
+	if v == 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, 0, false
+	}
+	for k = 1; k <= maxDecimals; k++ {
+		m := math.Round(v * pow10[k])
+		if !(math.Abs(m) < 1<<53) {
+			return 0, 0, false
+		}
+		if math.Float64bits(m/pow10[k]) == math.Float64bits(v) {
+			return k, int64(m) - scaledBase(base, k), true
+		}
+	}
+	return 0, 0, false
+}
+
+// valueOfDecimal inverts decimalOf.
+func valueOfDecimal(base float64, k int, d int64) float64 {
+	return float64(scaledBase(base, k)+d) / pow10[k]
+}
+
+// deltaUnits is how far v is from base in the units it would be sent in,
+// and whether it would be sent as a delta at all.
+func deltaUnits(v, base float64) (float64, bool) {
+	if integral(v) {
+		return math.Abs(v - base), true
+	}
+	if k, _, ok := decimalOf(v, base); ok {
+		return math.Abs(v-base) * pow10[k], true
+	}
+	return 0, false
+}
 
 var errMalformed = errors.New("malformed replication request")
 
@@ -143,11 +198,16 @@ func integral(v float64) bool {
 }
 
 // baseFor picks the base of a newly defined series: its first integral
-// float value in the batch, or 0.
+// float value in the batch, else the integer part of its first decimal
+// one, else 0.
 func baseFor(b *batch, order []int32, from, to int32) float64 {
 	for _, k := range order[from:to] {
-		if v := b.floats[k].v; integral(v) {
+		v := b.floats[k].v
+		if integral(v) {
 			return v
+		}
+		if _, _, ok := decimalOf(v, 0); ok {
+			return math.Trunc(v)
 		}
 	}
 	return 0
@@ -208,11 +268,15 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 			continue
 		}
 		cs := pc.lookup(s.ls, s.hash)
-		if cs != nil && !fits(b, e.forder[fstart[i]:fstart[i+1]], cs.base) {
-			cs = nil // rebase: a new id, so ids stay immutable
+		order := e.forder[fstart[i]:fstart[i+1]]
+		if cs != nil && rebase(b, order, cs) {
+			cs = nil // a new id, so ids stay immutable
 		}
 		if cs == nil {
 			cs = pc.add(s.ls, s.hash, base)
+		}
+		if len(order) > 0 {
+			cs.prev, cs.hasPrev = b.floats[order[len(order)-1]].v, true
 		}
 		ids[i], bases[i] = cs.id, cs.base
 		if !cs.acked {
@@ -272,19 +336,24 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 		cols = binary.AppendVarint(cols, st-pt)
 		pt = st
 	}
-	var ints, raws []byte
+	var ints, scales, raws []byte
 	for _, k := range e.forder {
 		f := &b.floats[k]
 		base := bases[f.sidx]
-		if integral(f.v) && math.Abs(f.v-base) < maxDelta {
+		if integral(f.v) && integral(base) {
 			cols = append(cols, 0)
-			ints = binary.AppendVarint(ints, int64(f.v-base))
+			ints = binary.AppendVarint(ints, int64(f.v)-int64(base))
+		} else if k, d, ok := decimalOf(f.v, base); ok {
+			cols = append(cols, 2)
+			ints = binary.AppendVarint(ints, d)
+			scales = append(scales, byte(k))
 		} else {
 			cols = append(cols, 1)
 			raws = binary.LittleEndian.AppendUint64(raws, math.Float64bits(f.v))
 		}
 	}
 	cols = append(cols, ints...)
+	cols = append(cols, scales...)
 	cols = append(cols, raws...)
 	// Histograms, row by row: they are rare and large.
 	pt = 0
@@ -353,15 +422,29 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	return e
 }
 
-// fits reports whether the first integral value of a series is close
-// enough to base to be sent as a delta (later ones that are not go raw).
-func fits(b *batch, order []int32, base float64) bool {
+// rebase reports whether a cached series should be defined afresh: its
+// first value sent as a delta is maxDelta or more from the base, and it
+// drifted there (a counter: within maxDelta/16 of the previous value sent),
+// so a new base keeps the following deltas small for a while. A gauge
+// swinging wider than that keeps its base: its large deltas cost less than
+// a definition in every request.
+func rebase(b *batch, order []int32, cs *cachedSeries) bool {
 	for _, k := range order {
-		if v := b.floats[k].v; integral(v) {
-			return math.Abs(v-base) < maxDelta
+		v := b.floats[k].v
+		dist, ok := deltaUnits(v, cs.base)
+		if !ok {
+			continue
 		}
+		if dist < maxDelta {
+			return false
+		}
+		if !cs.hasPrev {
+			return true
+		}
+		step, _ := deltaUnits(v, cs.prev)
+		return step < maxDelta/16
 	}
-	return true
+	return false
 }
 
 func appendHistogram(b []byte, h *histogram.Histogram, fh *histogram.FloatHistogram) []byte {
@@ -433,9 +516,22 @@ type wireSeries struct {
 }
 
 type wireFloat struct {
-	st, t   int64
-	v       float64 // raw value, or the delta when isDelta
-	isDelta bool
+	st, t int64
+	tag   byte    // 0: integral delta from the base, 1: raw, 2: decimal
+	scale byte    // decimal digits (tag 2)
+	d     int64   // the delta (tags 0 and 2)
+	v     float64 // the raw value (tag 1)
+}
+
+// value is the sample's value given its series' base.
+func (f *wireFloat) value(base float64) float64 {
+	switch f.tag {
+	case 0:
+		return float64(int64(base) + f.d)
+	case 2:
+		return valueOfDecimal(base, int(f.scale), f.d)
+	}
+	return f.v
 }
 
 type wireHist struct {
@@ -568,7 +664,7 @@ type header struct {
 func parseHeader(body []byte) (header, error) {
 	var h header
 	r := reader{b: body}
-	if v := r.byte(); r.err == nil && v != wireVersion {
+	if v := r.byte(); r.err == nil && v != 1 && v != wireVersion {
 		return h, fmt.Errorf("version %d: %w", v, errMalformed)
 	}
 	flags := r.byte()
@@ -693,21 +789,27 @@ func decodePayload(p []byte) (*request, error) {
 		req.floats[i].st = pt
 	}
 	for i := range req.floats {
-		switch r.byte() {
-		case 0:
-			req.floats[i].isDelta = true
-		case 1:
+		switch tag := r.byte(); tag {
+		case 0, 1, 2:
+			req.floats[i].tag = tag
 		default:
 			r.fail("value tag")
 		}
 	}
 	for i := range req.floats {
-		if f := &req.floats[i]; f.isDelta {
-			f.v = float64(r.varint())
+		if f := &req.floats[i]; f.tag != 1 {
+			f.d = r.varint()
 		}
 	}
 	for i := range req.floats {
-		if f := &req.floats[i]; !f.isDelta {
+		if f := &req.floats[i]; f.tag == 2 {
+			if f.scale = r.byte(); f.scale < 1 || f.scale > maxDecimals {
+				r.fail("decimal digits")
+			}
+		}
+	}
+	for i := range req.floats {
+		if f := &req.floats[i]; f.tag == 1 {
 			f.v = r.f64()
 		}
 	}

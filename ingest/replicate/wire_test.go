@@ -89,10 +89,7 @@ func flatten(t *testing.T, req *request, defs []*rdef) []appended {
 		}
 		for range s.nf {
 			f := req.floats[fi]
-			v := f.v
-			if f.isDelta {
-				v += defs[si].base
-			}
+			v := f.value(defs[si].base)
 			a.st, a.t, a.vbits, a.ex = f.st, f.t, math.Float64bits(v), exFor(fi)
 			out = append(out, a)
 			fi++
@@ -250,4 +247,50 @@ func FuzzDecodeResponse(f *testing.F) {
 			require.Equal(t, rs, got)
 		}
 	})
+}
+
+// TestWireValuesExact sends awkward values through every encoding (integral
+// deltas near and far from the base, decimals, raw) over rounds with the
+// series cache, rebases included: every value arrives bit for bit.
+func TestWireValuesExact(t *testing.T) {
+	enc, dec := codecs(t)
+	vals := []float64{
+		0, math.Copysign(0, -1), 1, -1, 0.1, 0.2, 0.1 + 0.2, 1234.56, -0.001, 1e-7, 1e-9, 1.5e-9,
+		123456789.123456, 9007199254740991, -9007199254740991, 9007199254740992, 1e300, -1e-300,
+		math.Inf(1), math.Inf(-1), math.NaN(), math.Float64frombits(0x7ff0000000000002), // StaleNaN
+		5e8, 5e8 + 1e8, 5e10, 3.14159265358979, 2.5e15 + 0.5, 0.123456789, 0.1234567891,
+	}
+	var pc peerCache
+	var ts tables
+	for round := range 12 {
+		b := &batch{}
+		for i := range len(vals) + 3 {
+			ls := labels.FromStrings("__name__", "v", "i", fmt.Sprint(i))
+			s := b.seriesIndex(ls, labels.StableHash(ls), "", metadata.Metadata{})
+			var v float64
+			switch {
+			case i < len(vals):
+				v = vals[(i+round)%len(vals)] // every series sees every kind
+			case i == len(vals):
+				v = float64(round) * 3e6 // a counter drifting past maxDelta: rebased
+			case i == len(vals)+1:
+				v = float64(round%2) * 4e8 // a gauge swinging wide: kept
+			default:
+				v = 1e6 + float64(round)*0.37 // a decimal counter
+			}
+			b.floats = append(b.floats, fsample{sidx: s, t: int64(round), v: v})
+			b.series[s].nf++
+		}
+		for _, cache := range []*peerCache{nil, &pc} {
+			e := encode(enc, "s", b, cache)
+			req, err := decodeRequest(dec, e.body)
+			require.NoError(t, err)
+			defs, err := ts.resolve(req)
+			require.NoError(t, err)
+			require.Equal(t, expected(b), flatten(t, req, defs), "round %d, cache %v", round, cache != nil)
+			if cache != nil {
+				cache.ack(&e)
+			}
+		}
+	}
 }

@@ -44,6 +44,59 @@ func loadgenValue(i, round int) float64 {
 	return base + rate*float64(round) + noise
 }
 
+// mixedValue follows bench/loadgen's mix of 100 series per target: 60
+// integral counters, 20 decimal counters (cpu seconds at 0.01, histogram
+// sums at 0.001), 15 narrow integral gauges and 5 wide ones (memory and
+// filesystem bytes swinging by 1e8..1e9).
+func mixedValue(i, round int) float64 {
+	seed := uint64(i)*0x9e3779b97f4a7c15 + 1
+	noise := float64((seed ^ uint64(round)*0xbf58476d1ce4e5b9) >> 40 % 1000)
+	phase := float64(seed>>50) / 1000
+	switch k := i % 100; {
+	case k < 60:
+		return loadgenValue(i, round)
+	case k < 76:
+		return math.Round((float64(seed>>40)+float64(round*900)+noise)*0.01*1e6) / 1e6
+	case k < 80:
+		return math.Round((float64(seed>>44)+float64(round*50)+noise)*0.2*1000) / 1000
+	case k < 95:
+		return math.Round(50 + 45*math.Sin(float64(round)/3+phase) + noise/100)
+	default:
+		return math.Round(5e8 + 1e8*math.Sin(float64(round)/20+phase) + noise*1e4)
+	}
+}
+
+// TestWireBytesPerSampleMixed is TestWireBytesPerSample on mixedValue.
+func TestWireBytesPerSampleMixed(t *testing.T) {
+	enc, dec := codecs(t)
+	var pc peerCache
+	var ts tables
+	steady := 0
+	const rounds = 240 // 1 h at 15 s: deltas from the bases grow as in the benchmark
+	for r := range rounds {
+		b := &batch{}
+		for i := range 2000 {
+			ls := loadgenSeries(i)
+			s := b.seriesIndex(ls, labels.StableHash(ls), "", metadata.Metadata{})
+			b.floats = append(b.floats, fsample{sidx: s, t: int64(1_700_000_000_000 + r*15_000 + i%1000), v: mixedValue(i, r)})
+			b.series[s].nf++
+		}
+		e := encode(enc, "a", b, &pc)
+		req, err := decodeRequest(dec, e.body)
+		require.NoError(t, err)
+		defs, err := ts.resolve(req)
+		require.NoError(t, err)
+		require.Equal(t, expected(b), flatten(t, req, defs))
+		pc.ack(&e)
+		if r > 0 {
+			steady += len(e.body)
+		}
+	}
+	per := float64(steady) / (rounds - 1) / 2000
+	t.Logf("bytes per replicated sample, loadgen's value mix, steady state: %.2f", per)
+	require.Less(t, per, 3.0)
+}
+
 func loadgenBatch(round int) *batch {
 	b := &batch{}
 	t := int64(1_700_000_000_000 + round*15_000)
