@@ -41,3 +41,37 @@ func BenchmarkQueryNonOwner(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQueryNonOwnerQuorum is BenchmarkQueryNonOwner at RF=3 with
+// quorum writes, so a query reads two replicas of every partition (R = 2)
+// from the three owners, through a fourth node that owns nothing.
+func BenchmarkQueryNonOwnerQuorum(b *testing.B) {
+	c := newCluster(b, 4, 3, Config{Timeout: 10_000_000_000})
+	var owners []ring.Member
+	for _, nd := range c.nodes[1:] {
+		owners = append(owners, ring.Member{Name: nd.name, Addr: nd.ln.Addr().String()})
+	}
+	r, err := ring.New(owners, 3, 2)
+	require.NoError(b, err)
+	c.ring = r
+	for _, nd := range c.nodes {
+		nd.topo.mu.Lock()
+		nd.topo.r = r
+		nd.topo.mu.Unlock()
+	}
+	c.load(b, 400)
+	ctx := context.Background()
+	eng := newEngine()
+	for _, bc := range []struct {
+		name string
+		q    storage.Queryable
+	}{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_, err := runPromQL(b, ctx, eng, bc.q, promqlCases[0])
+				require.NoError(b, err)
+			}
+		})
+	}
+}

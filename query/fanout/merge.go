@@ -16,6 +16,7 @@ import (
 // stays on one replica for as long as it has the next timestamp and switches
 // only to fill a gap, which keeps the hints a single node would give.
 func replicaMerge(series ...storage.Series) storage.Series {
+	series = distinctReplicas(series)
 	if len(series) == 1 {
 		return series[0]
 	}
@@ -29,6 +30,29 @@ func replicaMerge(series ...storage.Series) storage.Series {
 			return newReplicaIterator(its)
 		},
 	}
+}
+
+// distinctReplicas drops the replicas that peers sent byte for byte like
+// an earlier one. Owners append the same batches in the same order, so
+// their chunks are usually identical, and comparing bytes is much cheaper
+// than decoding both replicas sample by sample to merge them. Replicas
+// read from local storage are always kept.
+func distinctReplicas(series []storage.Series) []storage.Series {
+	out := series[:0:0]
+	for _, s := range series {
+		rs, ok := s.(*remoteSeries)
+		dup := false
+		for _, o := range out {
+			if ors, ok2 := o.(*remoteSeries); ok && ok2 && rs.sameAs(ors) {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // replicaIterator yields the union of its inputs' timestamps in order, one

@@ -111,3 +111,17 @@ func (s hSample) H() *histogram.Histogram     { return s.h }
 func (hSample) FH() *histogram.FloatHistogram { return nil }
 func (hSample) Type() chunkenc.ValueType      { return chunkenc.ValHistogram }
 func (s hSample) Copy() chunks.Sample         { return hSample{t: s.t, h: s.h.Copy()} }
+
+// Replicas a peer sent byte for byte like another's are not merged: one is
+// read. Different bytes, a different clip range or a local replica are.
+func TestDistinctReplicas(t *testing.T) {
+	a := &remoteSeries{chunks: []byte{1, 2, 3}, mint: 0, maxt: 10}
+	same := &remoteSeries{chunks: []byte{1, 2, 3}, mint: 0, maxt: 10}
+	other := &remoteSeries{chunks: []byte{1, 2, 4}, mint: 0, maxt: 10}
+	clipped := &remoteSeries{chunks: []byte{1, 2, 3}, mint: 0, maxt: 5}
+	local := floatSeries(1)
+	require.Equal(t, []storage.Series{a}, distinctReplicas([]storage.Series{a, same}))
+	require.Equal(t, []storage.Series{a, other}, distinctReplicas([]storage.Series{a, other, same}))
+	require.Equal(t, []storage.Series{a, clipped}, distinctReplicas([]storage.Series{a, clipped}))
+	require.Equal(t, []storage.Series{local, a}, distinctReplicas([]storage.Series{local, a, same}))
+}

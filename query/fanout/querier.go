@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -320,6 +321,11 @@ type remoteSeries struct {
 
 func (s *remoteSeries) Labels() labels.Labels { return s.lset }
 
+// sameAs reports whether o holds the same chunks clipped to the same range.
+func (s *remoteSeries) sameAs(o *remoteSeries) bool {
+	return s.mint == o.mint && s.maxt == o.maxt && bytes.Equal(s.chunks, o.chunks)
+}
+
 func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
 	it, ok := reuse.(*chainIterator)
 	if !ok {
@@ -368,7 +374,7 @@ func (it *chainIterator) open(t int64) bool {
 		} else {
 			c.Reset(b)
 		}
-		it.cur, it.curMaxt = c.Iterator(it.cur), maxt
+		it.cur, it.curMaxt = shard.ChunkIterator(c, it.cur), maxt
 		return true
 	}
 }
