@@ -34,6 +34,7 @@ type appender struct {
 	meta                       map[string]metadata.Metadata
 	exemplars                  []pendingExemplar
 	scratch                    []byte // a write-ahead record being encoded
+	frames                     []byte // the commit's framed segment records
 	done                       bool
 }
 
@@ -55,7 +56,7 @@ func (db *DB) AppenderV2(ctx context.Context) storage.AppenderV2 {
 func (db *DB) newAppender(ctx context.Context) *appender {
 	a := &appender{db: db, ctx: ctx}
 	if b, ok := db.appendBufs.Get().(*appendBufs); ok {
-		a.samples, a.sseries, a.scratch = b.samples, b.sseries, b.scratch
+		a.samples, a.sseries, a.scratch, a.frames = b.samples, b.sseries, b.scratch, b.frames
 	}
 	return a
 }
@@ -66,17 +67,18 @@ type appendBufs struct {
 	samples []record.RefSample
 	sseries []*memSeries
 	scratch []byte
+	frames  []byte
 }
 
 // recycle hands the buffers to the next appender once a commit or rollback
-// has finished with them (badger copied the write-ahead values on commit).
+// has finished with them (the write-ahead segment write has returned).
 func (a *appender) recycle() {
-	if cap(a.samples) > 1<<20 {
+	if cap(a.samples) > 1<<20 || cap(a.frames) > 16<<20 {
 		return // an outsized request does not pin its memory
 	}
 	clear(a.sseries) // drop the series pointers
-	a.db.appendBufs.Put(&appendBufs{samples: a.samples[:0], sseries: a.sseries[:0], scratch: a.scratch[:0]})
-	a.samples, a.sseries, a.scratch = nil, nil, nil
+	a.db.appendBufs.Put(&appendBufs{samples: a.samples[:0], sseries: a.sseries[:0], scratch: a.scratch[:0], frames: a.frames[:0]})
+	a.samples, a.sseries, a.scratch, a.frames = nil, nil, nil, nil
 }
 
 // series resolves ref or labels to a series, creating it when new.
@@ -267,7 +269,8 @@ func familyName(name string, m metadata.Metadata) string {
 
 // encodeWAL encodes the appender's samples as write-ahead values: each a
 // version byte, then uvarint-length-prefixed Prometheus WAL records. Large
-// batches are split so no value outgrows badger's in-memory value limit.
+// batches are split so a value stays small (replay holds one at a time, and
+// legacy badger W values had to fit badger's value limit).
 func (a *appender) encodeWAL() [][]byte {
 	enc := record.Encoder{EnableSTStorage: true}
 	var vals [][]byte
@@ -331,7 +334,7 @@ func appendUvarint(b []byte, v uint64) []byte {
 	return append(b, byte(v))
 }
 
-var errWALRecord = errors.New("malformed write-ahead record")
+var errWALRecord = fmt.Errorf("malformed write-ahead record: %w", ErrCorrupt)
 
 // decodeWAL calls fn for every sample in a write-ahead value.
 func decodeWAL(val []byte, fn func(ref uint64, sm sample)) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,7 +20,9 @@ import (
 
 // Config configures a DB.
 type Config struct {
-	// Path is the badger directory. Empty runs badger in memory (tests).
+	// Path is the data directory: badger's files, and the write-ahead
+	// segments under wal/. Empty runs badger in memory without a
+	// write-ahead log (tests).
 	Path string
 	// Retention is how long samples are kept; 0 keeps them forever.
 	Retention time.Duration
@@ -38,10 +41,11 @@ type Config struct {
 	MaxExemplars int64
 	// SyncInterval 0 (the default) fsyncs every commit before it is
 	// acknowledged. A positive interval acknowledges a commit once it is
-	// in the OS page cache (badger writes through mmap: a killed process
-	// loses nothing) and fsyncs every interval, so a power cut or kernel
-	// crash loses at most that much: the durability of Prometheus's WAL,
-	// which is not fsynced per write either.
+	// in the OS page cache (written to the segment file; badger writes
+	// new series through mmap: a killed process loses nothing) and fsyncs
+	// every interval, so a power cut or kernel crash loses at most that
+	// much: the durability of Prometheus's WAL, which is not fsynced per
+	// write either.
 	SyncInterval time.Duration
 	// MemTableSize overrides badger's memtable size (64 MiB); tests that
 	// open many DBs set it small.
@@ -78,6 +82,7 @@ type DB struct {
 	appendBufs sync.Pool // *appendBufs
 	cfg        Config
 	bdb        *badger.DB
+	wal        *wal // nil in memory
 	logger     *slog.Logger
 	metrics    *metrics
 
@@ -94,9 +99,9 @@ type DB struct {
 
 	// commitMu orders commits against flushes: commits hold it shared while
 	// they write and apply a write-ahead record, so a flush that takes it
-	// exclusively knows every record up to walSeq is applied to memory.
+	// exclusively and rotates the write-ahead segment knows every record in
+	// the older segments is applied to memory.
 	commitMu sync.RWMutex
-	walSeq   atomic.Uint64
 	chunkSeq atomic.Uint64
 	walBytes atomic.Int64
 	maxTime  atomic.Int64 // newest sample timestamp seen
@@ -106,6 +111,10 @@ type DB struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	closed   atomic.Bool
+
+	// legacyWAL is set when start-up replayed badger W keys written by an
+	// older Kiln; the first flush deletes them. Guarded by flushMu.
+	legacyWAL bool
 }
 
 // Open opens or creates the DB, replays its write-ahead records and starts
@@ -123,11 +132,11 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 		WithSyncWrites(cfg.SyncInterval <= 0).
 		// Write-only transactions never conflict; skip the bookkeeping.
 		WithDetectConflicts(false).
-		// Chunks and series stay in the LSM tree; large write-ahead records
-		// go to the value log, whose GC reclaims them once deleted.
+		// Chunks and series stay in the LSM tree; only rare large values
+		// (and legacy W records) go to the value log.
 		WithValueThreshold(16 << 10).
 		// Small value-log files let GC hand back the space of deleted
-		// write-ahead values soon: badger never rewrites the active file.
+		// large values soon: badger never rewrites the active file.
 		WithValueLogFileSize(16 << 20).
 		WithNumVersionsToKeep(1).
 		WithLogger(badgerLogger{logger.With("component", "badger")}).
@@ -152,6 +161,9 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 		meta:     newMetadataStore(),
 		flushReq: make(chan struct{}, 1),
 	}
+	if cfg.Path != "" {
+		db.wal = newWAL(filepath.Join(cfg.Path, walDirName), logger)
+	}
 	db.maxTime.Store(math.MinInt64)
 	for i := range db.stripes {
 		db.stripes[i].m = map[uint64][]*memSeries{}
@@ -163,12 +175,15 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 	db.metrics = newMetrics(db, reg)
 	stats, err := db.load()
 	if err != nil {
+		if db.wal != nil && db.wal.f != nil {
+			err = errors.Join(err, db.wal.f.Close())
+		}
 		return nil, errors.Join(fmt.Errorf("load %q: %w", cfg.Path, err), bdb.Close())
 	}
 	dur := time.Since(start)
 	db.metrics.startupSeconds.Set(dur.Seconds())
 	logger.Info("storage opened", "path", cfg.Path, "duration", dur, "series", stats.series,
-		"chunks_on_disk", stats.chunks, "wal_records", stats.walRecords, "wal_samples_replayed", stats.walSamples)
+		"chunks_on_disk", stats.chunks, "wal_segments", stats.walSegments, "wal_records", stats.walRecords, "wal_samples_replayed", stats.walSamples)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	db.cancel = cancel
@@ -182,8 +197,9 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 	return db, nil
 }
 
-// syncLoop fsyncs badger's write-ahead files every SyncInterval (only when
-// commits do not fsync themselves).
+// syncLoop fsyncs badger and the write-ahead segment every SyncInterval
+// (only when commits do not fsync themselves). Badger goes first: it holds
+// the series records that write-ahead records refer to.
 func (db *DB) syncLoop(ctx context.Context) {
 	defer db.wg.Done()
 	t := time.NewTicker(db.cfg.SyncInterval)
@@ -196,6 +212,10 @@ func (db *DB) syncLoop(ctx context.Context) {
 		}
 		if err := db.bdb.Sync(); err != nil {
 			db.logger.Error("periodic fsync failed", "err", err)
+			continue
+		}
+		if err := db.wal.sync(); err != nil {
+			db.logger.Error("periodic write-ahead fsync failed", "err", err)
 		}
 	}
 }
@@ -208,6 +228,9 @@ func (db *DB) Close() error {
 	db.cancel()
 	db.wg.Wait()
 	err := db.flush()
+	if db.wal != nil {
+		err = errors.Join(err, db.wal.close())
+	}
 	return errors.Join(err, db.bdb.Close())
 }
 
@@ -343,57 +366,17 @@ func (db *DB) commitDurable(a *appender) error {
 	db.commitMu.RLock()
 	defer db.commitMu.RUnlock()
 
-	walVals := a.encodeWAL()
-	txn := db.bdb.NewTransaction(true)
-	set := func(k, v []byte) error {
-		err := txn.Set(k, v)
-		if errors.Is(err, badger.ErrTxnTooBig) {
-			// Earlier keys only create series and metadata; committing them
-			// on their own is harmless if the rest then fails.
-			if err = txn.Commit(); err != nil {
-				return err
-			}
-			txn = db.bdb.NewTransaction(true)
-			err = txn.Set(k, v)
-		}
-		return err
-	}
-	var err error
-	for s := range a.touched {
-		if !s.saved.Load() {
-			if err = set(seriesKey(s.part, s.ref), encodeLabels(nil, s.lset)); err != nil {
-				break
-			}
-		}
-	}
-	for fam, m := range a.meta {
-		if err != nil {
-			break
-		}
-		err = set(metadataKey(fam), encodeMetadata(m))
-	}
+	// Series records and metadata go to badger first, so they are durable
+	// no later than the write-ahead record that refers to them. Most
+	// commits have none and skip badger entirely.
+	err := db.saveSeries(a)
 	walLen := 0
-	for _, v := range walVals {
-		if err != nil {
-			break
-		}
-		walLen += len(v)
-		err = set(walKey(db.walSeq.Add(1)), v)
-	}
 	if err == nil {
-		err = txn.Commit()
-	} else {
-		txn.Discard()
+		walLen, err = db.writeWAL(a)
 	}
 	if err != nil {
 		db.metrics.commitFailures.Inc()
 		return fmt.Errorf("commit write-ahead record: %w", err)
-	}
-	for s := range a.touched {
-		s.saved.Store(true)
-	}
-	for fam, m := range a.meta {
-		db.meta.set(fam, m)
 	}
 	db.metrics.commitDuration.Observe(time.Since(start).Seconds())
 
@@ -439,6 +422,85 @@ func (db *DB) commitDurable(a *appender) error {
 		}
 	}
 	return nil
+}
+
+// saveSeries writes the records of the appender's series not yet on disk,
+// and changed metadata, in badger transactions (synced unless SyncInterval
+// says otherwise).
+func (db *DB) saveSeries(a *appender) error {
+	var txn *badger.Txn
+	set := func(k, v []byte) error {
+		if txn == nil {
+			txn = db.bdb.NewTransaction(true)
+		}
+		err := txn.Set(k, v)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			// Series and metadata records are independent; committing a
+			// part on its own is harmless if the rest then fails.
+			if err = txn.Commit(); err != nil {
+				txn = nil
+				return err
+			}
+			txn = db.bdb.NewTransaction(true)
+			err = txn.Set(k, v)
+		}
+		return err
+	}
+	var err error
+	for s := range a.touched {
+		if !s.saved.Load() {
+			if err = set(seriesKey(s.part, s.ref), encodeLabels(nil, s.lset)); err != nil {
+				break
+			}
+		}
+	}
+	for fam, m := range a.meta {
+		if err != nil {
+			break
+		}
+		err = set(metadataKey(fam), encodeMetadata(m))
+	}
+	if txn != nil {
+		if err == nil {
+			err = txn.Commit()
+		} else {
+			txn.Discard()
+		}
+	}
+	if err != nil {
+		return err
+	}
+	for s := range a.touched {
+		s.saved.Store(true)
+	}
+	for fam, m := range a.meta {
+		db.meta.set(fam, m)
+	}
+	return nil
+}
+
+// writeWAL appends the appender's samples to the write-ahead segment in one
+// write call and, unless SyncInterval is set, waits for an fsync covering
+// them. It returns the bytes written.
+func (db *DB) writeWAL(a *appender) (int, error) {
+	vals := a.encodeWAL()
+	n := 0
+	frames := a.frames[:0]
+	for _, v := range vals {
+		n += len(v)
+		if db.wal != nil {
+			frames = appendFrame(frames, v)
+		}
+	}
+	a.frames = frames
+	if len(frames) == 0 {
+		return n, nil
+	}
+	pos, err := db.wal.append(frames)
+	if err == nil && db.cfg.SyncInterval <= 0 {
+		err = db.wal.syncTo(pos)
+	}
+	return n, err
 }
 
 // ExemplarQuerier implements storage.ExemplarQueryable.

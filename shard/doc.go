@@ -4,9 +4,11 @@
 // The design follows the Prometheus head block: recent samples are appended to
 // open in-memory chunks (Gorilla/XOR2 for floats, chunkenc histogram chunks
 // for native histograms), every committed batch is first made durable as a
-// write-ahead record in badger, and a background flush persists chunks and
-// then deletes the write-ahead records they cover. The inverted index lives in
-// memory and is rebuilt from the persisted series records at start-up.
+// record in Kiln's own append-only write-ahead segment files (wal/ in the
+// data directory; new series records go to badger first), and a background
+// flush rotates the segment, persists chunks and then deletes the segments
+// they cover as whole files. The inverted index lives in memory and is
+// rebuilt from the persisted series records at start-up.
 //
 // Every series belongs to one of NumPartitions partitions derived from a
 // stable hash of its labels. Series records and chunks are keyed by partition

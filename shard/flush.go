@@ -31,19 +31,28 @@ func (db *DB) flushLoop(ctx context.Context) {
 }
 
 // flush persists every chunk that changed since it was last persisted, then
-// deletes the write-ahead records that the persisted chunks now cover, and
+// deletes the write-ahead segments that the persisted chunks now cover, and
 // evicts old persisted chunks from memory.
 func (db *DB) flush() error {
 	db.flushMu.Lock()
 	defer db.flushMu.Unlock()
 	start := time.Now()
 
-	// Every record up to upto is applied to memory once no commit holds
-	// commitMu.
+	// Once no commit holds commitMu, every record written so far is
+	// applied to memory; rotating puts them all in segments before upto.
 	db.commitMu.Lock()
-	upto := db.walSeq.Load()
+	var upto uint64
+	var rotErr error
+	if db.wal != nil {
+		upto, rotErr = db.wal.rotate()
+	}
 	walBytes := db.walBytes.Swap(0)
 	db.commitMu.Unlock()
+	if rotErr != nil {
+		// Chunks are still persisted below, but no segment is deleted.
+		db.walBytes.Add(walBytes)
+		upto = 0
+	}
 
 	wb := db.bdb.NewWriteBatch()
 	defer wb.Cancel()
@@ -98,13 +107,29 @@ func (db *DB) flush() error {
 		db.metrics.flushFailures.Inc()
 		return fmt.Errorf("persist chunks: %w", err)
 	}
-	if err := db.deleteWAL(upto); err != nil {
-		db.metrics.flushFailures.Inc()
-		return fmt.Errorf("truncate write-ahead records: %w", err)
-	}
 	db.metrics.chunksPersisted.Add(float64(written))
+	if rotErr != nil {
+		db.metrics.flushFailures.Inc()
+		return fmt.Errorf("rotate write-ahead segment: %w", rotErr)
+	}
+	if db.wal != nil {
+		if err := db.wal.deleteBefore(upto); err != nil {
+			db.metrics.flushFailures.Inc()
+			return fmt.Errorf("delete write-ahead segments: %w", err)
+		}
+	}
+	if db.legacyWAL {
+		// Replayed at start-up and now covered by the chunks just written.
+		if err := db.deleteLegacyWAL(); err != nil {
+			db.metrics.flushFailures.Inc()
+			return fmt.Errorf("delete legacy write-ahead records: %w", err)
+		}
+		db.legacyWAL = false
+	}
 	db.metrics.flushDuration.Observe(time.Since(start).Seconds())
-	// The write-ahead values just deleted are the bulk of the value log.
+	// With the write-ahead log in its own files the value log only holds
+	// the rare value over 16 KiB (a large series or metadata record), so
+	// this usually finds nothing to rewrite; asking is cheap.
 	return db.gcValueLog()
 }
 
@@ -135,32 +160,10 @@ func encodeChunkValue(c *memChunk) []byte {
 	return binary.BigEndian.AppendUint32(v, crc32.Checksum(v, castagnoli))
 }
 
-// deleteWAL deletes write-ahead records with seq <= upto.
-func (db *DB) deleteWAL(upto uint64) error {
-	var keys [][]byte
-	err := db.bdb.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{tagWAL}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) != 9 || binary.BigEndian.Uint64(k[1:]) > upto {
-				break
-			}
-			keys = append(keys, it.Item().KeyCopy(nil))
-		}
-		return nil
-	})
-	if err != nil || len(keys) == 0 {
-		return err
-	}
-	wb := db.bdb.NewWriteBatch()
-	defer wb.Cancel()
-	for _, k := range keys {
-		if err := wb.Delete(k); err != nil {
-			return err
-		}
-	}
-	return wb.Flush()
+// deleteLegacyWAL deletes the badger W keys that Kiln wrote before the
+// write-ahead log moved to segment files.
+func (db *DB) deleteLegacyWAL() error {
+	return db.deletePrefix(context.Background(), []byte{tagWAL})
 }
 
 func (db *DB) retentionLoop(ctx context.Context) {

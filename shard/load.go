@@ -1,22 +1,25 @@
 package shard
 
 import (
-	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
 type loadStats struct {
-	series, chunks, walRecords, walSamples int
+	series, chunks, walSegments, walRecords, walSamples int
 }
 
 // load rebuilds memory from disk: series records and the index, each series'
 // extent on disk, metadata, and finally the write-ahead records not yet
-// covered by persisted chunks.
+// covered by persisted chunks: badger W keys left by an older Kiln, then
+// the segment files. It leaves the write-ahead log open for appends.
 func (db *DB) load() (loadStats, error) {
 	var st loadStats
+	lost := 0
 	err := db.bdb.View(func(txn *badger.Txn) error {
 		if err := db.loadSeries(txn, &st); err != nil {
 			return err
@@ -27,9 +30,63 @@ func (db *DB) load() (loadStats, error) {
 		if err := db.meta.load(txn); err != nil {
 			return err
 		}
-		return db.replayWAL(txn, &st)
+		return db.replayLegacyWAL(txn, &st, &lost)
 	})
+	if err == nil && db.wal != nil {
+		err = db.replaySegments(&st, &lost)
+	}
+	if lost > 0 {
+		db.logger.Warn("write-ahead samples reference unknown series", "samples", lost)
+	}
 	return st, err
+}
+
+// replaySegments replays the write-ahead segments and opens the log for
+// appends in a new segment after them.
+func (db *DB) replaySegments(st *loadStats, lost *int) error {
+	if err := os.MkdirAll(db.wal.dir, 0o755); err != nil {
+		return err
+	}
+	// A directory just created must survive a power cut with the records
+	// in it.
+	if err := syncDir(db.cfg.Path); err != nil {
+		return err
+	}
+	segs, err := replayWALDir(db.wal.dir, db.logger, func(v []byte) error {
+		return db.replayValue(v, st, lost)
+	})
+	if err != nil {
+		return fmt.Errorf("replay write-ahead log: %w", err)
+	}
+	st.walSegments = len(segs)
+	return db.wal.open(segs)
+}
+
+// replayValue applies one write-ahead value to memory.
+func (db *DB) replayValue(v []byte, st *loadStats, lost *int) error {
+	db.walBytes.Add(int64(len(v)))
+	err := decodeWAL(v, func(ref uint64, sm sample) {
+		s := db.seriesByRef(ref)
+		if s == nil {
+			*lost++
+			return
+		}
+		st.walSamples++
+		if sm.t < s.minT {
+			s.minT = sm.t
+		}
+		if _, err := s.append(sm, db.newChunkSeq); err == nil {
+			db.maxTime.Store(max(db.maxTime.Load(), sm.t))
+		}
+	})
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		// The record passed its checksum, so this is damage, not a torn write.
+		err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if err == nil {
+		st.walRecords++
+	}
+	return err
 }
 
 func (db *DB) loadSeries(txn *badger.Txn, st *loadStats) error {
@@ -101,41 +158,21 @@ func (db *DB) loadChunkExtents(txn *badger.Txn, st *loadStats) error {
 	return nil
 }
 
-func (db *DB) replayWAL(txn *badger.Txn, st *loadStats) error {
+// replayLegacyWAL replays the badger W keys an older Kiln wrote; the first
+// flush deletes them.
+func (db *DB) replayLegacyWAL(txn *badger.Txn, st *loadStats, lost *int) error {
 	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: []byte{tagWAL}})
 	defer it.Close()
-	lost := 0
 	for it.Rewind(); it.Valid(); it.Next() {
 		item := it.Item()
 		k := item.Key()
 		if len(k) != 9 {
 			return fmt.Errorf("wal key %x: %w", k, errBadKey)
 		}
-		db.walSeq.Store(max(db.walSeq.Load(), binary.BigEndian.Uint64(k[1:])))
-		err := item.Value(func(v []byte) error {
-			db.walBytes.Add(int64(len(v)))
-			return decodeWAL(v, func(ref uint64, sm sample) {
-				s := db.seriesByRef(ref)
-				if s == nil {
-					lost++
-					return
-				}
-				st.walSamples++
-				if sm.t < s.minT {
-					s.minT = sm.t
-				}
-				if _, err := s.append(sm, db.newChunkSeq); err == nil {
-					db.maxTime.Store(max(db.maxTime.Load(), sm.t))
-				}
-			})
-		})
-		if err != nil {
+		db.legacyWAL = true
+		if err := item.Value(func(v []byte) error { return db.replayValue(v, st, lost) }); err != nil {
 			return fmt.Errorf("replay write-ahead record %x: %w", k, err)
 		}
-		st.walRecords++
-	}
-	if lost > 0 {
-		db.logger.Warn("write-ahead samples reference unknown series", "samples", lost)
 	}
 	return nil
 }

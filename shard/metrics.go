@@ -19,6 +19,7 @@ type metrics struct {
 	diskChunkReads               prometheus.Counter
 	selectSeries                 prometheus.Histogram
 	startupSeconds               prometheus.Gauge
+	walFsync                     prometheus.Histogram
 }
 
 func newMetrics(db *DB, reg prometheus.Registerer) *metrics {
@@ -37,6 +38,7 @@ func newMetrics(db *DB, reg prometheus.Registerer) *metrics {
 		retentionDeletedChunks: f.NewCounter(prometheus.CounterOpts{Name: "kiln_storage_retention_deleted_chunks_total", Help: "Chunks deleted by retention."}),
 		diskChunkReads:         f.NewCounter(prometheus.CounterOpts{Name: "kiln_storage_disk_series_reads_total", Help: "Series whose chunks were read from disk for a query."}),
 		selectSeries:           f.NewHistogram(prometheus.HistogramOpts{Name: "kiln_storage_select_series", Help: "Series matched per Select.", Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
+		walFsync:               f.NewHistogram(prometheus.HistogramOpts{Name: "kiln_storage_wal_fsync_duration_seconds", Help: "Duration of write-ahead segment fsyncs (one may cover several commits).", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		startupSeconds:         f.NewGauge(prometheus.GaugeOpts{Name: "kiln_storage_startup_duration_seconds", Help: "Time the last start-up took to load series and replay write-ahead records."}),
 	}
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "kiln_storage_series", Help: "Series in storage."}, func() float64 {
@@ -47,9 +49,21 @@ func newMetrics(db *DB, reg prometheus.Registerer) *metrics {
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "kiln_storage_wal_bytes", Help: "Write-ahead bytes not yet covered by persisted chunks."}, func() float64 {
 		return float64(db.walBytes.Load())
 	})
-	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "kiln_storage_disk_bytes", Help: "Bytes badger uses on disk (LSM + value log)."}, func() float64 {
+	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "kiln_storage_disk_bytes", Help: "Bytes on disk: badger (LSM + value log) and write-ahead segments."}, func() float64 {
 		lsm, vlog := db.bdb.Size()
+		if db.wal != nil {
+			vlog += db.wal.bytes.Load()
+		}
 		return float64(lsm + vlog)
 	})
+	if db.wal != nil {
+		db.wal.fsync = m.walFsync
+		f.NewGaugeFunc(prometheus.GaugeOpts{Name: "kiln_storage_wal_segments", Help: "Write-ahead segment files on disk."}, func() float64 {
+			return float64(db.wal.segments.Load())
+		})
+		f.NewGaugeFunc(prometheus.GaugeOpts{Name: "kiln_storage_wal_segment_bytes", Help: "Bytes of the write-ahead segment files on disk."}, func() float64 {
+			return float64(db.wal.bytes.Load())
+		})
+	}
 	return m
 }

@@ -560,6 +560,10 @@ func TestExportDuringIngestAndFlush(t *testing.T) {
 				panic(err)
 			}
 			last.Store(i)
+			// In memory a commit costs microseconds: unthrottled, the
+			// series grow by millions of samples and every export and
+			// import below takes minutes.
+			time.Sleep(50 * time.Microsecond)
 		}
 	}()
 	go func() {
