@@ -44,7 +44,8 @@ func BenchmarkQueryNonOwner(b *testing.B) {
 
 // BenchmarkQueryNonOwnerQuorum is BenchmarkQueryNonOwner at RF=3 with
 // quorum writes, so a query reads two replicas of every partition (R = 2)
-// from the three owners, through a fourth node that owns nothing.
+// from the three owners, through a fourth node that owns nothing, and
+// through an owner (its own replica and one peer's).
 func BenchmarkQueryNonOwnerQuorum(b *testing.B) {
 	c := newCluster(b, 4, 3, Config{Timeout: 10_000_000_000})
 	var owners []ring.Member
@@ -65,7 +66,7 @@ func BenchmarkQueryNonOwnerQuorum(b *testing.B) {
 	for _, bc := range []struct {
 		name string
 		q    storage.Queryable
-	}{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}} {
+	}{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}, {"owner-r2", c.nodes[1].q}} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

@@ -186,8 +186,15 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 	}
 	ws = p.degradedWarning(ws)
 	sets := make([]storage.SeriesSet, 0, len(frs)+1)
-	if p.localUsed {
+	if p.localUsed && len(frs) == 0 {
 		sets = append(sets, qr.localQuerier(p.local).Select(ctx, true, hints, ms...))
+	} else if p.localUsed {
+		// Peers hold other replicas of (some of) these partitions: the
+		// local replica takes their form, so that identical replicas are
+		// read once (distinctReplicas) instead of merged sample by sample.
+		cq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, p.local)
+		qr.track(cq)
+		sets = append(sets, &localWireSet{ChunkSeriesSet: cq.Select(ctx, true, &wire, ms...), mint: mint, maxt: maxt})
 	}
 	for _, fr := range frs {
 		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}, mint: mint, maxt: maxt})
@@ -311,6 +318,51 @@ func (s *remoteSeriesSet) At() storage.Series {
 	s.slab = s.slab[1:]
 	*rs = remoteSeries{lset: s.cur.lset, chunks: s.cur.chunks, mint: s.mint, maxt: s.maxt}
 	return rs
+}
+
+// localWireSet presents local chunk series as remoteSeries: their chunks
+// encoded as a peer would send them.
+type localWireSet struct {
+	storage.ChunkSeriesSet
+	mint, maxt int64
+	metas      []chunks.Meta
+	slab       []byte
+	cur        *remoteSeries
+	err        error
+}
+
+func (s *localWireSet) Next() bool {
+	if s.err != nil || !s.ChunkSeriesSet.Next() {
+		return false
+	}
+	cs := s.ChunkSeriesSet.At()
+	s.metas = s.metas[:0]
+	it := cs.Iterator(nil)
+	for it.Next() {
+		s.metas = append(s.metas, it.At())
+	}
+	if s.err = it.Err(); s.err != nil {
+		return false
+	}
+	// One slab for many series: earlier series keep their sub-slices when
+	// it grows or is replaced.
+	start := len(s.slab)
+	s.slab = appendWireChunks(s.slab, s.metas)
+	clear(s.metas)
+	s.cur = &remoteSeries{lset: cs.Labels(), chunks: s.slab[start:len(s.slab):len(s.slab)], mint: s.mint, maxt: s.maxt}
+	if cap(s.slab) > 1<<20 {
+		s.slab = nil
+	}
+	return true
+}
+
+func (s *localWireSet) At() storage.Series { return s.cur }
+
+func (s *localWireSet) Err() error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.ChunkSeriesSet.Err()
 }
 
 type remoteSeries struct {

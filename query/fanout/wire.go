@@ -295,16 +295,23 @@ func (fw *frameWriter) series(ls labels.Labels, it chunks.Iterator) error {
 		return it.Err()
 	}
 	fw.buf = binary.AppendUvarint(fw.buf, uint64(len(metas)))
-	for _, m := range metas {
-		fw.buf = append(fw.buf, byte(m.Chunk.Encoding()))
-		fw.buf = binary.AppendVarint(fw.buf, m.MinTime)
-		fw.buf = binary.AppendUvarint(fw.buf, uint64(m.MaxTime-m.MinTime))
-		b := m.Chunk.Bytes()
-		fw.buf = binary.AppendUvarint(fw.buf, uint64(len(b)))
-		fw.buf = append(fw.buf, b...)
-	}
+	fw.buf = appendWireChunks(fw.buf, metas)
 	clear(metas) // keep no chunk alive
 	return fw.flush()
+}
+
+// appendWireChunks appends metas in the chunks part of a series frame (see
+// wireChunks).
+func appendWireChunks(buf []byte, metas []chunks.Meta) []byte {
+	for _, m := range metas {
+		buf = append(buf, byte(m.Chunk.Encoding()))
+		buf = binary.AppendVarint(buf, m.MinTime)
+		buf = binary.AppendUvarint(buf, uint64(m.MaxTime-m.MinTime))
+		b := m.Chunk.Bytes()
+		buf = binary.AppendUvarint(buf, uint64(len(b)))
+		buf = append(buf, b...)
+	}
+	return buf
 }
 
 func (fw *frameWriter) str(typ byte, s string) error {
