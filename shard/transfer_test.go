@@ -545,6 +545,9 @@ func TestExportDuringIngestAndFlush(t *testing.T) {
 	last.Store(-1)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	// Stop the writers before the deferred Close, also when a check below
+	// fails: otherwise their "storage closed" panic hides the failure.
+	defer func() { cancel(); wg.Wait() }()
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
