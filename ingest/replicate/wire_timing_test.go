@@ -162,35 +162,40 @@ func BenchmarkEncodeLoadgenBatch(b *testing.B) {
 	b.ReportMetric(float64(len(e.body))/2000, "wire-bytes/sample")
 }
 
-// BenchmarkSingleNode compares the Writer on a ring of one with the bare
-// shard appender it wraps.
-func BenchmarkSingleNode(b *testing.B) {
+// appendRounds runs b.N rounds of one sample for each of 2,000 loadgen
+// series through app and reports wall and process CPU time per sample.
+func appendRounds(b *testing.B, app func() storage.AppenderV2) {
 	series := make([]labels.Labels, 2000)
 	for i := range series {
 		series[i] = loadgenSeries(i)
 	}
-	run := func(b *testing.B, app func() storage.AppenderV2) {
-		b.ReportAllocs()
-		round := 0
-		for b.Loop() {
-			a := app()
-			for i, ls := range series {
-				if _, err := a.Append(0, ls, 0, int64(round)*15000, loadgenValue(i, round), nil, nil, storage.AppendV2Options{}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := a.Commit(); err != nil {
+	b.ReportAllocs()
+	round := 0
+	c0 := cpuTime(b)
+	for b.Loop() {
+		a := app()
+		for i, ls := range series {
+			if _, err := a.Append(0, ls, 0, 1_700_000_000_000+int64(round)*15000, loadgenValue(i, round), nil, nil, storage.AppendV2Options{}); err != nil {
 				b.Fatal(err)
 			}
-			round++
 		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(series)), "ns/sample")
+		if err := a.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		round++
 	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(series)), "ns/sample")
+	b.ReportMetric(float64(cpuTime(b)-c0)/float64(b.N*len(series)), "cpu-ns/sample")
+}
+
+// BenchmarkSingleNode compares the Writer on a ring of one with the bare
+// shard appender it wraps.
+func BenchmarkSingleNode(b *testing.B) {
 	b.Run("shard", func(b *testing.B) {
 		db, err := shard.Open(shard.Config{}, nil, nil)
 		require.NoError(b, err)
 		defer db.Close()
-		run(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
+		appendRounds(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
 	})
 	b.Run("writer", func(b *testing.B) {
 		db, err := shard.Open(shard.Config{}, nil, nil)
@@ -202,7 +207,7 @@ func BenchmarkSingleNode(b *testing.B) {
 		w, err := New(Config{}, topo{c: c, self: "a"}, db, nil, nil)
 		require.NoError(b, err)
 		defer w.Close()
-		run(b, func() storage.AppenderV2 { return w.AppenderV2(context.Background()) })
+		appendRounds(b, func() storage.AppenderV2 { return w.AppenderV2(context.Background()) })
 	})
 }
 
@@ -219,36 +224,14 @@ func cpuTime(b *testing.B) time.Duration {
 // encoding, the RPCs and the peers' decoding). Their ratio is the issue's
 // "CPU per ingested sample at RF=3 / single node" without other processes.
 func BenchmarkCPUPerSample(b *testing.B) {
-	series := make([]labels.Labels, 2000)
-	for i := range series {
-		series[i] = loadgenSeries(i)
-	}
-	run := func(b *testing.B, app func() storage.AppenderV2) {
-		b.ReportAllocs()
-		round := 0
-		c0 := cpuTime(b)
-		for b.Loop() {
-			a := app()
-			for i, ls := range series {
-				if _, err := a.Append(0, ls, 0, 1_700_000_000_000+int64(round)*15000, loadgenValue(i, round), nil, nil, storage.AppendV2Options{}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := a.Commit(); err != nil {
-				b.Fatal(err)
-			}
-			round++
-		}
-		b.ReportMetric(float64(cpuTime(b)-c0)/float64(b.N*len(series)), "cpu-ns/sample")
-	}
 	b.Run("single", func(b *testing.B) {
 		db, err := shard.Open(shard.Config{}, nil, nil)
 		require.NoError(b, err)
 		defer db.Close()
-		run(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
+		appendRounds(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
 	})
 	b.Run("rf3", func(b *testing.B) {
 		_, nodes := threeNodes(b, 3, Config{})
-		run(b, func() storage.AppenderV2 { return nodes[0].writer().AppenderV2(context.Background()) })
+		appendRounds(b, func() storage.AppenderV2 { return nodes[0].writer().AppenderV2(context.Background()) })
 	})
 }

@@ -17,7 +17,19 @@ func BenchmarkQueryNonOwner(b *testing.B) {
 	c := newCluster(b, 2, 1, Config{Timeout: 10_000_000_000})
 	// A ring of n1 alone: n0 is a member of no assignment and reads all
 	// from n1. The reference DB holds the same data locally.
-	r, err := ring.New([]ring.Member{{Name: "n1", Addr: c.nodes[1].ln.Addr().String()}}, 1, 2)
+	c.setOwners(b, 1, c.nodes[1:])
+	c.load(b, 400)
+	benchQueries(b, []namedQueryable{{"local", c.nodes[1].db}, {"non-owner", c.nodes[0].q}, {"local-again", c.nodes[1].db}})
+}
+
+// setOwners makes a ring of owners alone at replication factor rf, for
+// every node of c.
+func (c *cluster) setOwners(b *testing.B, rf int, owners []*node) {
+	var ms []ring.Member
+	for _, nd := range owners {
+		ms = append(ms, ring.Member{Name: nd.name, Addr: nd.ln.Addr().String()})
+	}
+	r, err := ring.New(ms, rf, 2)
 	require.NoError(b, err)
 	c.ring = r
 	for _, nd := range c.nodes {
@@ -25,13 +37,18 @@ func BenchmarkQueryNonOwner(b *testing.B) {
 		nd.topo.r = r
 		nd.topo.mu.Unlock()
 	}
-	c.load(b, 400)
+}
+
+type namedQueryable struct {
+	name string
+	q    storage.Queryable
+}
+
+// benchQueries runs the first PromQL case on each queryable.
+func benchQueries(b *testing.B, qs []namedQueryable) {
 	ctx := context.Background()
 	eng := newEngine()
-	for _, bc := range []struct {
-		name string
-		q    storage.Queryable
-	}{{"local", c.nodes[1].db}, {"non-owner", c.nodes[0].q}, {"local-again", c.nodes[1].db}} {
+	for _, bc := range qs {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
@@ -48,31 +65,7 @@ func BenchmarkQueryNonOwner(b *testing.B) {
 // through an owner (its own replica and one peer's).
 func BenchmarkQueryNonOwnerQuorum(b *testing.B) {
 	c := newCluster(b, 4, 3, Config{Timeout: 10_000_000_000})
-	var owners []ring.Member
-	for _, nd := range c.nodes[1:] {
-		owners = append(owners, ring.Member{Name: nd.name, Addr: nd.ln.Addr().String()})
-	}
-	r, err := ring.New(owners, 3, 2)
-	require.NoError(b, err)
-	c.ring = r
-	for _, nd := range c.nodes {
-		nd.topo.mu.Lock()
-		nd.topo.r = r
-		nd.topo.mu.Unlock()
-	}
+	c.setOwners(b, 3, c.nodes[1:])
 	c.load(b, 400)
-	ctx := context.Background()
-	eng := newEngine()
-	for _, bc := range []struct {
-		name string
-		q    storage.Queryable
-	}{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}, {"owner-r2", c.nodes[1].q}} {
-		b.Run(bc.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				_, err := runPromQL(b, ctx, eng, bc.q, promqlCases[0])
-				require.NoError(b, err)
-			}
-		})
-	}
+	benchQueries(b, []namedQueryable{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}, {"owner-r2", c.nodes[1].q}})
 }
