@@ -28,6 +28,7 @@ run() { # label nodes-pids... ; loadgen to $URL
 start_node single 127.0.0.1:19364 127.0.0.1:19365
 URL=127.0.0.1:19364 LABEL="single node" run "${PIDS[0]}"
 last=$(( $(grep -o '"last_ts_ms":[0-9]*' "$TMP/lg.json" | cut -d: -f2) / 1000 ))
+wait_idle "${PIDS[@]}"
 "$TMP/querybench" -url http://127.0.0.1:19364 -n 5 -time "$last" > "$TMP/q-single.json"
 echo "single node queries: $(cat "$TMP/q-single.json" | tail -1)"
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
@@ -45,5 +46,6 @@ fwd=$(curl -s http://127.0.0.1:19374/metrics | awk '/^kiln_cluster_forward_bytes
 acc=$(grep -o '"samples_accepted":[0-9]*' "$TMP/lg.json" | cut -d: -f2)
 awk -v b="$fwd" -v a="$acc" 'BEGIN { printf "internal RPC: %.0f bytes forwarded, %.2f bytes per replicated sample (2 peer copies per sample)\n", b, b/(2*a) }'
 last=$(( $(grep -o '"last_ts_ms":[0-9]*' "$TMP/lg.json" | cut -d: -f2) / 1000 ))
+wait_idle "${PIDS[@]}"
 "$TMP/querybench" -url http://127.0.0.1:19384 -n 5 -time "$last" > "$TMP/q-cluster.json"
 echo "cluster queries through node b: $(tail -1 "$TMP/q-cluster.json")"

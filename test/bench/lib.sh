@@ -27,3 +27,20 @@ start_node() {
 
 # metric ADDR NAME: the sum of a metric family's samples on a node.
 metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m || index($1, m"{") == 1 {s+=$2} END {print s+0}'; }
+
+# wait_idle PIDS...: waits one flush interval (1 min) and then (up to 3 min)
+# until the processes together use under a tenth of a core over two seconds,
+# so that queries measured next do not compete with the flushes and
+# compactions that follow a bulk load.
+wait_idle() {
+	local tick; tick=$(getconf CLK_TCK)
+	sleep 65
+	for _ in $(seq 1 90); do
+		local before=0 after=0 p
+		for p in "$@"; do before=$((before + $(awk '{print $14+$15}' "/proc/$p/stat"))); done
+		sleep 2
+		for p in "$@"; do after=$((after + $(awk '{print $14+$15}' "/proc/$p/stat"))); done
+		[ $((after - before)) -lt $((tick / 5)) ] && return
+	done
+	echo "warning: nodes still busy after 3 minutes"
+}
