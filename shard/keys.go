@@ -119,8 +119,6 @@ func walKey(seq uint64) []byte {
 
 func metadataKey(name string) []byte { return append([]byte{tagMetadata}, name...) }
 
-func metaKey(name string) []byte { return append([]byte{tagMeta}, name...) }
-
 // encodeLabels writes labels as uvarint count, then uvarint-length-prefixed
 // name and value strings.
 func encodeLabels(b []byte, ls labels.Labels) []byte {

@@ -45,7 +45,7 @@ func genXOR2(t testing.TB, r *rand.Rand, n int, mode int) (*chunkenc.XOR2Chunk, 
 				v = float64(r.Intn(3))
 			}
 		case 3: // gauge with NaN and Inf
-			v = []float64{math.NaN(), math.Inf(1), math.Inf(-1), 0, -0.0, 1e300, 5e-324}[r.Intn(7)]
+			v = []float64{math.NaN(), math.Inf(1), math.Inf(-1), 0, math.Copysign(0, -1), 1e300, 5e-324}[r.Intn(7)]
 		case 4:
 			v = float64(r.Int63())
 		}
