@@ -55,6 +55,17 @@ func (c *Cluster) Leave(ctx context.Context) error {
 			}
 		}
 	}
+	if err == nil {
+		// The entry that settled the last partition elsewhere is applied
+		// here; give the other members two intervals to apply it too, so
+		// none of them still counts this node as a settled owner when
+		// gossip reports it gone (a lagging member would see the partition
+		// one copy short for a moment).
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * c.cfg.ReconcileInterval):
+		}
+	}
 	if r.State() == raft.Leader {
 		if lerr := r.LeadershipTransfer().Error(); lerr != nil {
 			c.logger.Debug("leave: leadership transfer failed", "err", lerr)
