@@ -187,37 +187,47 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 
 	ctx, cancel := context.WithCancel(context.Background())
 	db.cancel = cancel
-	db.wg.Add(2)
-	go db.flushLoop(ctx)
-	go db.retentionLoop(ctx)
+	db.every(ctx, cfg.FlushInterval, db.flushReq, "flush", db.flush)
+	db.every(ctx, cfg.RetentionInterval, nil, "retention", func() error { return db.applyRetention(ctx) })
 	if cfg.SyncInterval > 0 && cfg.Path != "" {
-		db.wg.Add(1)
-		go db.syncLoop(ctx)
+		db.every(ctx, cfg.SyncInterval, nil, "periodic fsync", db.syncAll)
 	}
 	return db, nil
 }
 
-// syncLoop fsyncs badger and the write-ahead segment every SyncInterval
-// (only when commits do not fsync themselves). Badger goes first: it holds
-// the series records that write-ahead records refer to.
-func (db *DB) syncLoop(ctx context.Context) {
-	defer db.wg.Done()
-	t := time.NewTicker(db.cfg.SyncInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// every runs fn in the background every interval, and whenever kick (which
+// may be nil) fires, until ctx ends; failures are logged as "<what> failed".
+func (db *DB) every(ctx context.Context, interval time.Duration, kick <-chan struct{}, what string, fn func() error) {
+	db.wg.Add(1)
+	go func() {
+		defer db.wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			case <-kick:
+			}
+			if err := fn(); err != nil {
+				db.logger.Error(what+" failed", "err", err)
+			}
 		}
-		if err := db.bdb.Sync(); err != nil {
-			db.logger.Error("periodic fsync failed", "err", err)
-			continue
-		}
-		if err := db.wal.sync(); err != nil {
-			db.logger.Error("periodic write-ahead fsync failed", "err", err)
-		}
+	}()
+}
+
+// syncAll fsyncs badger and the write-ahead segment (SyncInterval, when
+// commits do not fsync themselves). Badger goes first: it holds the series
+// records that write-ahead records refer to.
+func (db *DB) syncAll() error {
+	if err := db.bdb.Sync(); err != nil {
+		return fmt.Errorf("badger: %w", err)
 	}
+	if err := db.wal.sync(); err != nil {
+		return fmt.Errorf("write-ahead segment: %w", err)
+	}
+	return nil
 }
 
 // Close stops the background loops, persists the head and closes badger.

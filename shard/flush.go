@@ -13,23 +13,6 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-func (db *DB) flushLoop(ctx context.Context) {
-	defer db.wg.Done()
-	t := time.NewTicker(db.cfg.FlushInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-db.flushReq:
-		}
-		if err := db.flush(); err != nil {
-			db.logger.Error("flush failed", "err", err)
-		}
-	}
-}
-
 // flush persists every chunk that changed since it was last persisted, then
 // deletes the write-ahead segments that the persisted chunks now cover, and
 // evicts old persisted chunks from memory.
@@ -164,22 +147,6 @@ func encodeChunkValue(c *memChunk) []byte {
 // write-ahead log moved to segment files.
 func (db *DB) deleteLegacyWAL() error {
 	return db.deletePrefix(context.Background(), []byte{tagWAL})
-}
-
-func (db *DB) retentionLoop(ctx context.Context) {
-	defer db.wg.Done()
-	t := time.NewTicker(db.cfg.RetentionInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := db.applyRetention(ctx); err != nil {
-			db.logger.Error("retention failed", "err", err)
-		}
-	}
 }
 
 // applyRetention deletes chunks that end before the retention cutoff, drops
