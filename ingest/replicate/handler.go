@@ -108,7 +108,7 @@ func (w *Writer) apply(ctx *fasthttp.RequestCtx, req *request, defs []*rdef) ([]
 		}
 		for range s.nf {
 			f := &req.floats[fi]
-			v := f.value(d.base)
+			v := f.v // resolved
 			opts.Exemplars = exemplarsFor(fi)
 			r, err := app.Append(storage.SeriesRef(d.ref.Load()), d.ls, f.st, f.t, v, nil, nil, opts)
 			if err := outcome(fi, d, r, err); err != nil {

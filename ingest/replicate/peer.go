@@ -23,6 +23,7 @@ const statusResync = fasthttp.StatusConflict
 var (
 	errResync    = errors.New("peer does not know a referenced series")
 	errNoSlot    = errors.New("no in-flight slot for peer within the timeout")
+	errNotSent   = errors.New("request not sent")
 	errPeerHTTP  = errors.New("peer answered an error")
 	errAppClosed = errors.New("appender already committed or rolled back")
 )
@@ -38,7 +39,13 @@ type cachedSeries struct {
 	// sender's rebase heuristic reads it.
 	prev    float64
 	hasPrev bool
-	next    *cachedSeries
+	// ref is the last value of the series the peer decoded from a request
+	// that set it and was acknowledged; inflight: a request setting it is
+	// on its way, so no other may chain from it (under peerCache.mu).
+	ref      float64
+	hasRef   bool
+	inflight bool
+	next     *cachedSeries
 }
 
 // peerCache is a sender's series cache for one peer, see the package doc.
@@ -104,6 +111,32 @@ func (pc *peerCache) ack(e *encoded) {
 		for _, cs := range e.defined {
 			cs.acked = true
 		}
+		for _, o := range e.owned {
+			o.cs.ref, o.cs.hasRef, o.cs.inflight = o.last, true, false
+		}
+	}
+	pc.mu.Unlock()
+}
+
+// failed handles a request that got no success answer. One never sent
+// changes nothing on the peer; one that was sent may still be applied
+// there later, so neither the refs it set nor the ones before them are
+// known any more: a new generation starts, and the peer drops the old
+// table when it sees it.
+func (pc *peerCache) failed(e *encoded, sent bool) {
+	if sent {
+		pc.mu.Lock()
+		if pc.gen == e.gen {
+			pc.resetLocked()
+		}
+		pc.mu.Unlock()
+		return
+	}
+	pc.mu.Lock()
+	if pc.gen == e.gen {
+		for _, o := range e.owned {
+			o.cs.inflight = false
+		}
 	}
 	pc.mu.Unlock()
 }
@@ -138,6 +171,9 @@ func (w *Writer) forward(ctx context.Context, p *peer, addr string, b *batch) (*
 		rej, err = w.send(ctx, p, addr, e.body)
 	}
 	if err != nil {
+		if e.cache != nil {
+			p.cache.failed(&e, !errors.Is(err, errNotSent))
+		}
 		return &e, nil, err
 	}
 	if e.cache != nil {
@@ -166,9 +202,9 @@ func (w *Writer) send(ctx context.Context, p *peer, addr string, body []byte) (r
 	select {
 	case p.slots <- struct{}{}:
 	case <-timer.C:
-		return nil, fmt.Errorf("%s: %w", p.name, errNoSlot)
+		return nil, fmt.Errorf("%s: %w: %w", p.name, errNoSlot, errNotSent)
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%s: %w", p.name, ctx.Err())
+		return nil, fmt.Errorf("%s: %w: %w", p.name, ctx.Err(), errNotSent)
 	}
 	defer func() { <-p.slots }()
 
@@ -212,6 +248,10 @@ type rdef struct {
 	ls   labels.Labels
 	base float64
 	ref  atomic.Uint64 // local storage ref, a hint for the next append
+	// last is the series' last value decoded from a request in mode ref
+	// or set-ref, what the next such request chains from (under tables.mu).
+	last    float64
+	hasLast bool
 }
 
 type senderTable struct {
@@ -239,7 +279,11 @@ func (ts *tables) resolve(req *request) ([]*rdef, error) {
 			if out[i] = byID[s.id]; out[i] == nil {
 				return nil, fmt.Errorf("series id %d not defined: %w", s.id, errMalformed)
 			}
+			if s.mode != modeBase {
+				return nil, fmt.Errorf("series id %d: chained values in a self-contained request: %w", s.id, errMalformed)
+			}
 		}
+		resolveValues(req, out)
 		return out, nil
 	}
 	ts.mu.Lock()
@@ -268,7 +312,45 @@ func (ts *tables) resolve(req *request) ([]*rdef, error) {
 		}
 		out[i] = t.defs[s.id]
 	}
+	// Chained values are decoded here, under the lock, in the order the
+	// sender guarantees: at most one request in flight sets a series' ref.
+	fi := 0
+	for i, s := range req.series {
+		d := out[i]
+		if s.mode == modeRef && !d.hasLast {
+			return nil, fmt.Errorf("series id %d: no value to chain from: %w", s.id, errResync)
+		}
+		if s.mode != modeBase && s.nf > 0 {
+			ref := d.base
+			if s.mode == modeRef {
+				ref = d.last
+			}
+			for j := fi; j < fi+s.nf; j++ {
+				f := &req.floats[j]
+				f.v = f.value(ref, scaledRef)
+				f.tag, ref = 1, f.v
+			}
+			d.last, d.hasLast = ref, true
+		}
+		fi += s.nf
+	}
+	resolveValues(req, out)
 	return out, nil
+}
+
+// resolveValues turns the floats still relative to their series' base
+// into values (tag 1), so the request holds final values only.
+func resolveValues(req *request, defs []*rdef) {
+	fi := 0
+	for i, s := range req.series {
+		for j := fi; j < fi+s.nf; j++ {
+			if f := &req.floats[j]; f.tag != 1 {
+				f.v = f.value(defs[i].base, scaledBase)
+				f.tag = 1
+			}
+		}
+		fi += s.nf
+	}
 }
 
 var _ storage.AppendableV2 = (*Writer)(nil)

@@ -20,8 +20,24 @@ import (
 const (
 	// wireVersion 2 added decimal values (tag 2); a version 1 request is
 	// a version 2 one without them, so hints written before still replay.
-	wireVersion = 2
-	flagFull    = 1 // self-contained: defines every series it uses
+	// Version 3 adds the series mode column (values chained from the
+	// previous one); a request whose series all use mode 0 is sent as
+	// version 2, so hints and self-contained requests replay on nodes of
+	// either version.
+	wireVersion = 3
+	// responseVersion is the response body's version byte.
+	responseVersion = 2
+	flagFull        = 1 // self-contained: defines every series it uses
+
+	// Series modes (version 3): how a series' float values are sent.
+	// modeBase: every value relative to the series' base (versions 1, 2).
+	// modeRef: the first value relative to the last value of this series
+	// that the receiver decoded from this sender (its ref), each next one
+	// relative to the one before; the last becomes the ref.
+	// modeSetRef: as modeRef but the first value is relative to the base.
+	modeBase   = 0
+	modeRef    = 1
+	modeSetRef = 2
 
 	// maxPayload bounds a decompressed request (and so the decoder's memory).
 	maxPayload = 256 << 20
@@ -40,38 +56,63 @@ const (
 var pow10 = [maxDecimals + 1]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
 
 // scaledBase is base in units of 10^-k, or 0 where that is not an exact
-// integer below 2^53. Sender and receiver compute it alike.
-func scaledBase(base float64, k int) int64 {
+// integer below 2^53 (reported by ok). Sender and receiver compute it alike.
+func scaledBase(base float64, k int) (int64, bool) {
 	b := base * pow10[k]
 	if !(math.Abs(b) < 1<<53) || b != math.Trunc(b) {
-		return 0
+		return 0, false
 	}
-	return int64(b)
+	return int64(b), true
 }
 
-// decimalOf finds the fewest decimal digits k (1..maxDecimals) with which v
-// is exactly m / 10^k for an integer m below 2^53, and returns k and m's
-// delta from the scaled base. Counters of seconds or bytes scaled by
-// 0.01 or 0.001 are like this; sent raw they cost 8 bytes each.
-func decimalOf(v, base float64) (k int, d int64, ok bool) {
+// scaledRef is scaledBase for a value chained from the previous one (modes
+// ref and set-ref): a decimal such as 12.34 is not exact in binary, so
+// ref*100 may miss 1234 by an ulp; the nearest integer m is taken when
+// m/10^k gives ref's exact bits, as decimalOf made sure when ref was sent.
+func scaledRef(ref float64, k int) (int64, bool) {
+	m := math.Round(ref * pow10[k])
+	if !(math.Abs(m) < 1<<53) || math.Float64bits(m/pow10[k]) != math.Float64bits(ref) {
+		return scaledBase(ref, k)
+	}
+	return int64(m), true
+}
+
+// scaler is scaledBase or scaledRef.
+type scaler func(float64, int) (int64, bool)
+
+// decimalOf finds decimal digits k (1..maxDecimals) with which v is
+// exactly m / 10^k for an integer m below 2^53, and returns k and m's
+// delta from the scaled base: the fewest digits with which the base scales
+// exactly too (a small delta), else the fewest. Counters of seconds or
+// bytes scaled by 0.01 or 0.001 are like this; sent raw they cost 8 bytes
+// each. The receiver computes the value from any such k alike.
+func decimalOf(v, base float64, scale scaler) (k int, d int64, ok bool) {
 	if v == 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 		return 0, 0, false
 	}
-	for k = 1; k <= maxDecimals; k++ {
+	fk, fd := 0, int64(0) // the fewest digits, if the base scales with none
+	for k := 1; k <= maxDecimals; k++ {
 		m := math.Round(v * pow10[k])
 		if !(math.Abs(m) < 1<<53) {
-			return 0, 0, false
+			break
 		}
 		if math.Float64bits(m/pow10[k]) == math.Float64bits(v) {
-			return k, int64(m) - scaledBase(base, k), true
+			sb, exact := scale(base, k)
+			if exact {
+				return k, int64(m) - sb, true
+			}
+			if fk == 0 {
+				fk, fd = k, int64(m)-sb
+			}
 		}
 	}
-	return 0, 0, false
+	return fk, fd, fk != 0
 }
 
 // valueOfDecimal inverts decimalOf.
-func valueOfDecimal(base float64, k int, d int64) float64 {
-	return float64(scaledBase(base, k)+d) / pow10[k]
+func valueOfDecimal(base float64, k int, d int64, scale scaler) float64 {
+	sb, _ := scale(base, k)
+	return float64(sb+d) / pow10[k]
 }
 
 // deltaUnits is how far v is from base in the units it would be sent in,
@@ -80,7 +121,7 @@ func deltaUnits(v, base float64) (float64, bool) {
 	if integral(v) {
 		return math.Abs(v - base), true
 	}
-	if k, _, ok := decimalOf(v, base); ok {
+	if k, _, ok := decimalOf(v, base, scaledBase); ok {
 		return math.Abs(v-base) * pow10[k], true
 	}
 	return 0, false
@@ -155,11 +196,19 @@ func (b *batch) empty() bool { return len(b.floats) == 0 && len(b.hists) == 0 }
 // samples counts floats and histograms.
 func (b *batch) samples() int { return len(b.floats) + len(b.hists) }
 
+// ownedRef is a series sent in mode ref or set-ref and the value its ref
+// takes once the request is acknowledged.
+type ownedRef struct {
+	cs   *cachedSeries
+	last float64
+}
+
 // encoded is one request body and what the sender needs to interpret the
 // answer.
 type encoded struct {
 	body    []byte
 	defined []*cachedSeries // definitions to mark acknowledged on success
+	owned   []ownedRef      // series whose ref this request sets
 	forder  []int32         // canonical float index -> batch.floats index
 	horder  []int32         // canonical histogram index -> batch.hists index
 	gen     uint64          // cache generation encoded against
@@ -206,7 +255,7 @@ func baseFor(b *batch, order []int32, from, to int32) float64 {
 		if integral(v) {
 			return v
 		}
-		if _, _, ok := decimalOf(v, 0); ok {
+		if _, _, ok := decimalOf(v, 0, scaledBase); ok {
 			return math.Trunc(v)
 		}
 	}
@@ -246,6 +295,9 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	syms := symbols{idx: make(map[string]uint32, 64)}
 	ids := make([]uint32, len(b.series))
 	bases := make([]float64, len(b.series))
+	modes := make([]byte, len(b.series))
+	refs := make([]float64, len(b.series)) // first reference of a chained series
+	chained := false
 	var defs []byte
 	ndefs := 0
 	define := func(id uint32, ls labels.Labels, base float64) {
@@ -269,14 +321,29 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 		}
 		cs := pc.lookup(s.ls, s.hash)
 		order := e.forder[fstart[i]:fstart[i+1]]
-		if cs != nil && rebase(b, order, cs) {
+		// A series no other request in flight sets the ref of is chained
+		// from its ref; only the others are sent from the base and may
+		// need a new one.
+		chain := cs != nil && !cs.inflight && len(order) > 0
+		if cs != nil && !chain && rebase(b, order, cs) {
 			cs = nil // a new id, so ids stay immutable
 		}
 		if cs == nil {
 			cs = pc.add(s.ls, s.hash, base)
+			chain = len(order) > 0
 		}
 		if len(order) > 0 {
-			cs.prev, cs.hasPrev = b.floats[order[len(order)-1]].v, true
+			last := b.floats[order[len(order)-1]].v
+			cs.prev, cs.hasPrev = last, true
+			if chain {
+				modes[i], refs[i] = modeSetRef, cs.base
+				if cs.hasRef {
+					modes[i], refs[i] = modeRef, cs.ref
+				}
+				chained = true
+				cs.inflight = true
+				e.owned = append(e.owned, ownedRef{cs: cs, last: last})
+			}
 		}
 		ids[i], bases[i] = cs.id, cs.base
 		if !cs.acked {
@@ -323,6 +390,9 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	for i := range b.series {
 		cols = binary.AppendUvarint(cols, uint64(b.series[i].nh))
 	}
+	if chained {
+		cols = append(cols, modes...)
+	}
 	// Float columns: t (delta), st (delta), tag, int deltas, raw values.
 	pt := int64(0)
 	for _, k := range e.forder {
@@ -337,13 +407,23 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 		pt = st
 	}
 	var ints, scales, raws []byte
+	cur, ref, scale := int32(-1), 0.0, scaler(scaledBase)
 	for _, k := range e.forder {
 		f := &b.floats[k]
-		base := bases[f.sidx]
+		if f.sidx != cur {
+			cur, ref, scale = f.sidx, bases[f.sidx], scaledBase
+			if modes[cur] != modeBase {
+				ref, scale = refs[cur], scaledRef
+			}
+		}
+		base := ref
+		if modes[cur] != modeBase {
+			ref = f.v
+		}
 		if integral(f.v) && integral(base) {
 			cols = append(cols, 0)
 			ints = binary.AppendVarint(ints, int64(f.v)-int64(base))
-		} else if k, d, ok := decimalOf(f.v, base); ok {
+		} else if k, d, ok := decimalOf(f.v, base, scale); ok {
 			cols = append(cols, 2)
 			ints = binary.AppendVarint(ints, d)
 			scales = append(scales, byte(k))
@@ -408,7 +488,11 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	p = append(p, exs...)
 
 	body := make([]byte, 0, 32+len(sender)+len(p)/2)
-	body = append(body, wireVersion)
+	if chained {
+		body = append(body, wireVersion)
+	} else {
+		body = append(body, 2) // readable by nodes of version 2 too
+	}
 	if pc == nil {
 		body = append(body, flagFull)
 	} else {
@@ -513,6 +597,7 @@ type wireSeries struct {
 	id     uint32
 	meta   int // index into metas, -1 for none
 	nf, nh int
+	mode   byte
 }
 
 type wireFloat struct {
@@ -523,13 +608,14 @@ type wireFloat struct {
 	v     float64 // the raw value (tag 1)
 }
 
-// value is the sample's value given its series' base.
-func (f *wireFloat) value(base float64) float64 {
+// value is the sample's value given its series' base (or the value it is
+// chained from, with scaledRef).
+func (f *wireFloat) value(base float64, scale scaler) float64 {
 	switch f.tag {
 	case 0:
 		return float64(int64(base) + f.d)
 	case 2:
-		return valueOfDecimal(base, int(f.scale), f.d)
+		return valueOfDecimal(base, int(f.scale), f.d, scale)
 	}
 	return f.v
 }
@@ -654,6 +740,7 @@ func (r *reader) labels(syms []string, sb *labels.ScratchBuilder) labels.Labels 
 
 // header is the uncompressed prefix of a request.
 type header struct {
+	version byte
 	full   bool
 	sender string
 	gen    uint64
@@ -664,8 +751,9 @@ type header struct {
 func parseHeader(body []byte) (header, error) {
 	var h header
 	r := reader{b: body}
-	if v := r.byte(); r.err == nil && v != 1 && v != wireVersion {
-		return h, fmt.Errorf("version %d: %w", v, errMalformed)
+	h.version = r.byte()
+	if r.err == nil && (h.version < 1 || h.version > wireVersion) {
+		return h, fmt.Errorf("version %d: %w", h.version, errMalformed)
 	}
 	flags := r.byte()
 	h.full = flags&flagFull != 0
@@ -699,7 +787,7 @@ func decodeRequest(dec *zstd.Decoder, body []byte) (*request, error) {
 	if uint64(len(p)) != h.size {
 		return nil, fmt.Errorf("payload size: %w", errMalformed)
 	}
-	req, err := decodePayload(p)
+	req, err := decodePayload(p, h.version)
 	if err != nil {
 		return nil, err
 	}
@@ -707,7 +795,7 @@ func decodeRequest(dec *zstd.Decoder, body []byte) (*request, error) {
 	return req, nil
 }
 
-func decodePayload(p []byte) (*request, error) {
+func decodePayload(p []byte, version byte) (*request, error) {
 	req := &request{}
 	r := reader{b: p}
 	// Symbols point into the payload, which is never reused: labels and
@@ -772,6 +860,15 @@ func decodePayload(p []byte) (*request, error) {
 		}
 		req.series[i].nh = int(n)
 		nh += int(n)
+	}
+	if version >= 3 {
+		for i := range req.series {
+			m := r.byte()
+			if m > modeSetRef {
+				r.fail("series mode")
+			}
+			req.series[i].mode = m
+		}
 	}
 	if r.err != nil || nf > len(r.b) || nh > len(r.b) {
 		r.fail("sample count")
@@ -933,7 +1030,7 @@ type rejection struct {
 }
 
 func encodeResponse(rs []rejection) []byte {
-	b := []byte{wireVersion}
+	b := []byte{responseVersion}
 	b = binary.AppendUvarint(b, uint64(len(rs)))
 	for _, r := range rs {
 		b = binary.AppendUvarint(b, uint64(r.idx))
@@ -946,7 +1043,7 @@ func encodeResponse(rs []rejection) []byte {
 
 func decodeResponse(b []byte) ([]rejection, error) {
 	r := reader{b: b}
-	if v := r.byte(); r.err == nil && v != wireVersion {
+	if v := r.byte(); r.err == nil && v != 1 && v != responseVersion {
 		return nil, fmt.Errorf("response version %d: %w", v, errMalformed)
 	}
 	rs := make([]rejection, r.count(3))

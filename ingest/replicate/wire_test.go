@@ -89,8 +89,7 @@ func flatten(t *testing.T, req *request, defs []*rdef) []appended {
 		}
 		for range s.nf {
 			f := req.floats[fi]
-			v := f.value(defs[si].base)
-			a.st, a.t, a.vbits, a.ex = f.st, f.t, math.Float64bits(v), exFor(fi)
+			a.st, a.t, a.vbits, a.ex = f.st, f.t, math.Float64bits(f.v), exFor(fi) // resolved
 			out = append(out, a)
 			fi++
 		}
@@ -224,15 +223,27 @@ func FuzzDecodePayload(f *testing.F) {
 	p, err := dec.DecodeAll(h.rest, nil)
 	require.NoError(f, err)
 	f.Add(p)
+	var pc peerCache
+	for range 2 { // the second one chains values from the first
+		e := encode(enc, "s", sampleBatch(), &pc)
+		pc.ack(&e)
+		h, err := parseHeader(e.body)
+		require.NoError(f, err)
+		p, err := dec.DecodeAll(h.rest, nil)
+		require.NoError(f, err)
+		f.Add(p)
+	}
 	f.Fuzz(func(t *testing.T, p []byte) {
-		req, err := decodePayload(p)
+		req, err := decodePayload(p, wireVersion)
 		if err != nil {
 			return
 		}
-		req.full = true
-		var ts tables
-		if defs, err := ts.resolve(req); err == nil {
-			flatten(t, req, defs)
+		for _, full := range []bool{true, false} {
+			req.full, req.sender, req.gen = full, "s", 1
+			var ts tables
+			if defs, err := ts.resolve(req); err == nil {
+				flatten(t, req, defs)
+			}
 		}
 	})
 }
@@ -293,4 +304,103 @@ func TestWireValuesExact(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestChainedValuesInFlightAndFailed follows values chained from the
+// previous one through what the network does to requests: two in flight
+// for the same series, answers in the other order, a request lost after it
+// was sent and delivered late, one never sent. Every request the receiver
+// accepts decodes to the exact values sent; the others are refused with a
+// resync, never decoded against the wrong reference.
+func TestChainedValuesInFlightAndFailed(t *testing.T) {
+	enc, dec := codecs(t)
+	var pc peerCache
+	var ts tables
+	round := 0
+	next := func() *batch {
+		b := &batch{}
+		for i := range 20 {
+			ls := labels.FromStrings("__name__", "c", "i", fmt.Sprint(i))
+			s := b.seriesIndex(ls, labels.StableHash(ls), "", metadata.Metadata{})
+			for j := range 2 { // two samples: chained inside the request too
+				r := round*2 + j
+				v := float64(i*1000+r*7) * 0.01 // a decimal counter
+				if i%4 == 0 {
+					v = float64(i*100000 + r*r) // an integral one
+				}
+				b.floats = append(b.floats, fsample{sidx: s, t: int64(r), v: v})
+				b.series[s].nf++
+			}
+		}
+		round++
+		return b
+	}
+	type sent struct {
+		b *batch
+		e encoded
+	}
+	send := func() sent {
+		b := next()
+		return sent{b, encode(enc, "s", b, &pc)}
+	}
+	deliver := func(s sent) error {
+		req, err := decodeRequest(dec, s.e.body)
+		require.NoError(t, err)
+		defs, err := ts.resolve(req)
+		if err != nil {
+			return err
+		}
+		require.Equal(t, expected(s.b), flatten(t, req, defs))
+		return nil
+	}
+	chained := func(s sent) int { return len(s.e.owned) }
+
+	r0 := send()
+	require.Equal(t, 20, chained(r0), "a new series sets its ref")
+	require.NoError(t, deliver(r0))
+	pc.ack(&r0.e)
+
+	// Two in flight: only the first chains; the second goes from the base
+	// (and as version 2, having nothing chained). Answered in reverse.
+	r1, r2 := send(), send()
+	require.Equal(t, 20, chained(r1))
+	require.Zero(t, chained(r2))
+	require.Equal(t, byte(2), r2.e.body[0])
+	require.NoError(t, deliver(r2))
+	require.NoError(t, deliver(r1))
+	pc.ack(&r2.e)
+	pc.ack(&r1.e)
+
+	r3 := send()
+	require.Equal(t, 20, chained(r3))
+	require.NoError(t, deliver(r3))
+	pc.ack(&r3.e)
+
+	// Never sent: the next request chains from r3 as if it never existed.
+	r4 := send()
+	pc.failed(&r4.e, false)
+	r5 := send()
+	require.Equal(t, 20, chained(r5))
+	require.NoError(t, deliver(r5))
+	pc.ack(&r5.e)
+
+	// Sent, no answer: a new generation; the lost request arriving late
+	// is refused, and so is what follows until the sender resyncs.
+	r6 := send()
+	pc.failed(&r6.e, true)
+	r7 := send()
+	require.NotEqual(t, r6.e.gen, r7.e.gen)
+	require.Len(t, r7.e.defined, 20, "the new generation defines every series again")
+	require.NoError(t, deliver(r7))
+	pc.ack(&r7.e)
+	require.ErrorIs(t, deliver(r6), errResync)
+	r8 := send()
+	require.ErrorIs(t, deliver(r8), errResync)
+	pc.reset()
+	r9 := send()
+	require.NoError(t, deliver(r9))
+	pc.ack(&r9.e)
+	r10 := send()
+	require.Equal(t, 20, chained(r10))
+	require.NoError(t, deliver(r10))
 }

@@ -31,7 +31,7 @@ func loadgenSeries(i int) labels.Labels {
 		"pod", fmt.Sprintf("%s-%08x-%05d", job, uint32(tgt*2654435761), tgt),
 		"method", []string{"GET", "POST"}[i%2],
 		"status", []string{"200", "404", "500"}[i%3],
-		"handler", fmt.Sprintf("/api/v1/h%d", i%13),
+		"handler", fmt.Sprintf("/api/v1/h%d", i%100), // unique within a target, as in loadgen
 	)
 }
 
@@ -82,11 +82,13 @@ func TestWireBytesPerSampleMixed(t *testing.T) {
 			b.series[s].nf++
 		}
 		e := encode(enc, "a", b, &pc)
-		if r%20 == 0 { // decoding every round made the test slow under -race
-			req, err := decodeRequest(dec, e.body)
-			require.NoError(t, err)
-			defs, err := ts.resolve(req)
-			require.NoError(t, err)
+		// Every request is decoded (values chain from the previous one);
+		// comparing every round made the test slow under -race.
+		req, err := decodeRequest(dec, e.body)
+		require.NoError(t, err)
+		defs, err := ts.resolve(req)
+		require.NoError(t, err)
+		if r%20 == 0 || r == rounds-1 {
 			require.Equal(t, expected(b), flatten(t, req, defs))
 		}
 		pc.ack(&e)
@@ -96,7 +98,7 @@ func TestWireBytesPerSampleMixed(t *testing.T) {
 	}
 	per := float64(steady) / (rounds - 1) / 2000
 	t.Logf("bytes per replicated sample, loadgen's value mix, steady state: %.2f", per)
-	require.Less(t, per, 3.0)
+	require.Less(t, per, 2.0)
 }
 
 func loadgenBatch(round int) *batch {
@@ -145,7 +147,7 @@ func TestWireBytesPerSample(t *testing.T) {
 	// The issue targets 2; the noise in counter increments is most of what
 	// is left (values are deltas from a per-series base, not from the
 	// previous sample, which would need ordered delivery).
-	require.Less(t, perSteady, 3.0)
+	require.Less(t, perSteady, 1.6)
 }
 
 func BenchmarkEncodeLoadgenBatch(b *testing.B) {
