@@ -741,11 +741,11 @@ func (r *reader) labels(syms []string, sb *labels.ScratchBuilder) labels.Labels 
 // header is the uncompressed prefix of a request.
 type header struct {
 	version byte
-	full   bool
-	sender string
-	gen    uint64
-	size   uint64 // decompressed payload size
-	rest   []byte // the zstd frame
+	full    bool
+	sender  string
+	gen     uint64
+	size    uint64 // decompressed payload size
+	rest    []byte // the zstd frame
 }
 
 func parseHeader(body []byte) (header, error) {
