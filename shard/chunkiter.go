@@ -9,3 +9,22 @@ import "github.com/prometheus/prometheus/tsdb/chunkenc"
 func ChunkIterator(c chunkenc.Chunk, reuse chunkenc.Iterator) chunkenc.Iterator {
 	return chunkIterator(c, reuse)
 }
+
+// AppendChunkBytes appends c.Bytes() to dst without the copy an in-memory
+// chunk's Bytes makes (it must return a consistent snapshot of a chunk
+// that appends keep changing): the snapshot goes straight into dst. The
+// query fan-out writes every chunk it sends this way.
+func AppendChunkBytes(dst []byte, c chunkenc.Chunk) []byte {
+	if v, ok := c.(*xor2View); ok {
+		return v.appendBytes(dst)
+	}
+	return append(dst, c.Bytes()...)
+}
+
+// ChunkSize is len(c.Bytes()), without copying an in-memory chunk.
+func ChunkSize(c chunkenc.Chunk) int {
+	if v, ok := c.(*xor2View); ok {
+		return len(v.b)
+	}
+	return len(c.Bytes())
+}

@@ -69,18 +69,21 @@ func viewXOR2(b []byte) *xor2View {
 // Bytes returns a consistent copy: the shared slice may change in its header
 // and last byte.
 func (v *xor2View) Bytes() []byte {
-	out := make([]byte, len(v.b))
-	if len(out) < xor2HeaderSize {
-		copy(out, v.b)
-		return out
+	return v.appendBytes(make([]byte, 0, len(v.b)))
+}
+
+// appendBytes appends what Bytes returns to dst.
+func (v *xor2View) appendBytes(dst []byte) []byte {
+	if len(v.b) < xor2HeaderSize {
+		return append(dst, v.b...)
 	}
-	binary.BigEndian.PutUint16(out, v.n)
-	out[2] = v.sthdr
-	if len(out) > xor2HeaderSize {
-		copy(out[xor2HeaderSize:len(out)-1], v.b[xor2HeaderSize:len(v.b)-1])
-		out[len(out)-1] = v.last
+	dst = binary.BigEndian.AppendUint16(dst, v.n)
+	dst = append(dst, v.sthdr)
+	if len(v.b) > xor2HeaderSize {
+		dst = append(dst, v.b[xor2HeaderSize:len(v.b)-1]...)
+		dst = append(dst, v.last)
 	}
-	return out
+	return dst
 }
 
 func (*xor2View) Encoding() chunkenc.Encoding { return chunkenc.EncXOR2 }

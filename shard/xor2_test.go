@@ -201,3 +201,20 @@ func TestXOR2Checkpoints(t *testing.T) {
 		requireSameIteration(t, full.Iterator(nil), chunkIterator(chk, nil))
 	}
 }
+
+// The fan-out writes in-memory chunks with AppendChunkBytes and ChunkSize
+// instead of Bytes: they must agree with it, for the open chunk too.
+func TestAppendChunkBytesIsBytes(t *testing.T) {
+	c := chunkenc.NewXOR2Chunk()
+	app, err := c.Appender()
+	require.NoError(t, err)
+	for i := range 200 {
+		app.Append(0, int64(i)*15000, float64(i*i))
+		v := viewXOR2(c.Bytes())
+		require.Equal(t, v.Bytes(), AppendChunkBytes(nil, v))
+		require.Equal(t, []byte{7}, AppendChunkBytes([]byte{7}, v)[:1])
+		require.Equal(t, len(v.Bytes()), ChunkSize(v))
+	}
+	require.Equal(t, c.Bytes(), AppendChunkBytes(nil, c))
+	require.Equal(t, len(c.Bytes()), ChunkSize(c))
+}

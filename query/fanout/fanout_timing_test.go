@@ -3,7 +3,9 @@ package fanout
 import (
 	"context"
 	"testing"
+	"time"
 
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/stretchr/testify/require"
 
@@ -24,7 +26,7 @@ func BenchmarkQueryNonOwner(b *testing.B) {
 
 // setOwners makes a ring of owners alone at replication factor rf, for
 // every node of c.
-func (c *cluster) setOwners(b *testing.B, rf int, owners []*node) {
+func (c *cluster) setOwners(b testing.TB, rf int, owners []*node) {
 	var ms []ring.Member
 	for _, nd := range owners {
 		ms = append(ms, ring.Member{Name: nd.name, Addr: nd.ln.Addr().String()})
@@ -68,4 +70,31 @@ func BenchmarkQueryNonOwnerQuorum(b *testing.B) {
 	c.setOwners(b, 3, c.nodes[1:])
 	c.load(b, 400)
 	benchQueries(b, []namedQueryable{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}, {"owner-r2", c.nodes[1].q}})
+}
+
+// BenchmarkInstantQueryOwnerQuorum is a dashboard refresh: an instant rate
+// over the last 5 minutes of one-hour chunks, at RF=3 with quorum writes,
+// on an owner's own storage and through an owner (its replica and a
+// peer's) and a node that owns nothing. Seeking into the end of a chunk
+// is where in-memory chunks' decoder checkpoints pay.
+func BenchmarkInstantQueryOwnerQuorum(b *testing.B) {
+	c := newCluster(b, 4, 3, Config{Timeout: 10_000_000_000})
+	c.setOwners(b, 3, c.nodes[1:])
+	c.load(b, 2000)
+	ctx := context.Background()
+	eng := newEngine()
+	at := time.UnixMilli((samples - 1) * step)
+	for _, bc := range []namedQueryable{{"local", c.nodes[1].db}, {"owner-r2", c.nodes[1].q}, {"non-owner-r2", c.nodes[0].q}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				qry, err := eng.NewInstantQuery(ctx, bc.q, nil, `sum by (job) (rate(http_requests_total[5m]))`, at)
+				require.NoError(b, err)
+				res := qry.Exec(ctx)
+				require.NoError(b, res.Err)
+				require.Len(b, res.Value.(promql.Vector), 5)
+				qry.Close()
+			}
+		})
+	}
 }

@@ -32,18 +32,21 @@ func replicaMerge(series ...storage.Series) storage.Series {
 	}
 }
 
-// distinctReplicas drops the replicas that peers sent byte for byte like
-// an earlier one. Owners append the same batches in the same order, so
-// their chunks are usually identical, and comparing bytes is much cheaper
-// than decoding both replicas sample by sample to merge them. Replicas
-// read from local storage are always kept.
+// distinctReplicas keeps one of the replicas that are byte for byte alike.
+// Owners append the same batches in the same order, so their chunks are
+// usually identical, and comparing bytes is much cheaper than decoding
+// both replicas sample by sample to merge them. Of identical replicas the
+// local one is kept: its in-memory chunks seek faster.
 func distinctReplicas(series []storage.Series) []storage.Series {
 	out := series[:0:0]
 	for _, s := range series {
 		rs, ok := s.(*remoteSeries)
 		dup := false
-		for _, o := range out {
+		for i, o := range out {
 			if ors, ok2 := o.(*remoteSeries); ok && ok2 && rs.sameAs(ors) {
+				if rs.local != nil && ors.local == nil {
+					out[i] = s
+				}
 				dup = true
 				break
 			}

@@ -114,6 +114,7 @@ func (s hSample) Copy() chunks.Sample         { return hSample{t: s.t, h: s.h.Co
 
 // Replicas a peer sent byte for byte like another's are not merged: one is
 // read. Different bytes, a different clip range or a local replica are.
+// (A local replica in wire form is compared like a peer's.)
 func TestDistinctReplicas(t *testing.T) {
 	a := &remoteSeries{chunks: []byte{1, 2, 3}, mint: 0, maxt: 10}
 	same := &remoteSeries{chunks: []byte{1, 2, 3}, mint: 0, maxt: 10}
@@ -124,4 +125,10 @@ func TestDistinctReplicas(t *testing.T) {
 	require.Equal(t, []storage.Series{a, other}, distinctReplicas([]storage.Series{a, other, same}))
 	require.Equal(t, []storage.Series{a, clipped}, distinctReplicas([]storage.Series{a, clipped}))
 	require.Equal(t, []storage.Series{local, a}, distinctReplicas([]storage.Series{local, a, same}))
+	// Of identical replicas the one read from local storage (in wire form,
+	// localWireSet) is kept, wherever it comes.
+	inWire := &remoteSeries{chunks: []byte{1, 2, 3}, mint: 0, maxt: 10, local: []chunks.Meta{{}}}
+	require.Same(t, inWire, distinctReplicas([]storage.Series{a, inWire})[0])
+	require.Same(t, inWire, distinctReplicas([]storage.Series{inWire, a})[0])
+	require.Len(t, distinctReplicas([]storage.Series{a, inWire, same}), 1)
 }

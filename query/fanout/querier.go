@@ -348,8 +348,12 @@ func (s *localWireSet) Next() bool {
 	// it grows or is replaced.
 	start := len(s.slab)
 	s.slab = appendWireChunks(s.slab, s.metas)
+	// The chunks themselves are kept too: an in-memory chunk carries the
+	// decoder checkpoints earlier queries left, so an instant query seeks
+	// into its last minutes instead of decoding it from the start.
+	local := slices.Clone(s.metas)
 	clear(s.metas)
-	s.cur = &remoteSeries{lset: cs.Labels(), chunks: s.slab[start:len(s.slab):len(s.slab)], mint: s.mint, maxt: s.maxt}
+	s.cur = &remoteSeries{lset: cs.Labels(), chunks: s.slab[start:len(s.slab):len(s.slab)], mint: s.mint, maxt: s.maxt, local: local}
 	if cap(s.slab) > 1<<20 {
 		s.slab = nil
 	}
@@ -369,6 +373,9 @@ type remoteSeries struct {
 	lset       labels.Labels
 	chunks     []byte // as in frame
 	mint, maxt int64
+	// local holds the same chunks as chunks when they were read from
+	// local storage (localWireSet); they are iterated instead.
+	local []chunks.Meta
 }
 
 func (s *remoteSeries) Labels() labels.Labels { return s.lset }
@@ -383,7 +390,10 @@ func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
 	if !ok {
 		it = &chainIterator{}
 	}
-	*it = chainIterator{chunks: wireChunks{s.chunks}, mint: s.mint, maxt: s.maxt, cur: it.cur, chks: it.chks}
+	*it = chainIterator{chunks: wireChunks{s.chunks}, local: s.local, mint: s.mint, maxt: s.maxt, cur: it.cur, chks: it.chks}
+	if s.local != nil {
+		it.chunks = wireChunks{}
+	}
 	return it
 }
 
@@ -391,7 +401,8 @@ func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
 // and do not overlap, decoding each only when reached, and yields only the
 // samples in [mint, maxt]: the first and last chunks may extend past it.
 type chainIterator struct {
-	chunks     wireChunks // chunks not opened yet
+	chunks     wireChunks    // chunks not opened yet
+	local      []chunks.Meta // or these, when read from local storage
 	mint, maxt int64
 	// curMaxt is the end of the chunk cur iterates.
 	curMaxt int64
@@ -404,6 +415,15 @@ type chainIterator struct {
 
 // open moves cur to the next chunk that ends at or after t.
 func (it *chainIterator) open(t int64) bool {
+	for len(it.local) > 0 {
+		m := it.local[0]
+		it.local = it.local[1:]
+		if m.MaxTime < t {
+			continue
+		}
+		it.cur, it.curMaxt = shard.ChunkIterator(m.Chunk, it.cur), m.MaxTime
+		return true
+	}
 	for {
 		enc, _, maxt, b, ok := it.chunks.next()
 		if !ok {
@@ -479,7 +499,7 @@ func (it *chainIterator) clip(vt chunkenc.ValueType, t int64) chunkenc.ValueType
 		it.vt = vt
 		return vt
 	}
-	it.chunks = wireChunks{}
+	it.chunks, it.local = wireChunks{}, nil
 	it.vt = chunkenc.ValNone
 	return it.vt
 }

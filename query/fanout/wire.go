@@ -307,9 +307,8 @@ func appendWireChunks(buf []byte, metas []chunks.Meta) []byte {
 		buf = append(buf, byte(m.Chunk.Encoding()))
 		buf = binary.AppendVarint(buf, m.MinTime)
 		buf = binary.AppendUvarint(buf, uint64(m.MaxTime-m.MinTime))
-		b := m.Chunk.Bytes()
-		buf = binary.AppendUvarint(buf, uint64(len(b)))
-		buf = append(buf, b...)
+		buf = binary.AppendUvarint(buf, uint64(shard.ChunkSize(m.Chunk)))
+		buf = shard.AppendChunkBytes(buf, m.Chunk)
 	}
 	return buf
 }
