@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
@@ -194,7 +195,7 @@ func (a *appenderV2) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64
 	}
 	family := opts.MetricFamilyName
 	if family == "" {
-		family = ls.Get(labels.MetricName)
+		family = ls.Get(model.MetricNameLabel)
 	}
 	a.setMetadata(family, opts.Metadata)
 	for _, e := range opts.Exemplars {
@@ -238,7 +239,7 @@ func (a *appenderV1) AppendHistogramSTZeroSample(ref storage.SeriesRef, ls label
 }
 
 func (a *appenderV1) UpdateMetadata(ref storage.SeriesRef, ls labels.Labels, m metadata.Metadata) (storage.SeriesRef, error) {
-	a.setMetadata(familyName(ls.Get(labels.MetricName), m), m)
+	a.setMetadata(familyName(ls.Get(model.MetricNameLabel), m), m)
 	return ref, nil
 }
 

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/common/model"
 )
 
 // Stats are the cardinality statistics behind /api/v1/status/tsdb.
@@ -40,7 +40,7 @@ func (db *DB) Stats(limit int) Stats {
 		for v, p := range vals {
 			size += uint64(len(v) * len(p))
 			st.SeriesByPair = append(st.SeriesByPair, NameCount{name + "=" + v, uint64(len(p))})
-			if name == labels.MetricName {
+			if name == model.MetricNameLabel {
 				st.SeriesByMetric = append(st.SeriesByMetric, NameCount{v, uint64(len(p))})
 			}
 		}

@@ -54,6 +54,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/storage"
@@ -291,7 +292,7 @@ func (db *DB) familiesOf(series []viewSeries) []familyMeta {
 	seen, added := map[string]bool{}, map[string]bool{}
 	var out []familyMeta
 	for _, vs := range series {
-		name := vs.s.lset.Get(labels.MetricName)
+		name := vs.s.lset.Get(model.MetricNameLabel)
 		if name == "" || seen[name] {
 			continue
 		}

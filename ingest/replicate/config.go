@@ -92,16 +92,16 @@ func (c Config) withDefaults() (Config, error) {
 	switch c.WriteConsistency {
 	case ConsistencyOne, ConsistencyQuorum, ConsistencyAll:
 	default:
-		errs = append(errs, fmt.Errorf("WriteConsistency must be one, quorum or all, got %q", c.WriteConsistency))
+		errs = append(errs, fmt.Errorf("write consistency must be one, quorum or all, got %q", c.WriteConsistency))
 	}
 	if c.Timeout < 0 {
-		errs = append(errs, fmt.Errorf("Timeout must be positive, got %s", c.Timeout))
+		errs = append(errs, fmt.Errorf("timeout must be positive, got %s", c.Timeout))
 	}
 	if c.MaxInflightPerPeer < 0 {
-		errs = append(errs, fmt.Errorf("MaxInflightPerPeer must be positive, got %d", c.MaxInflightPerPeer))
+		errs = append(errs, fmt.Errorf("max in-flight requests per peer must be positive, got %d", c.MaxInflightPerPeer))
 	}
 	if c.MaxHintBytesPerPeer < 0 {
-		errs = append(errs, fmt.Errorf("MaxHintBytesPerPeer must be positive, got %d", c.MaxHintBytesPerPeer))
+		errs = append(errs, fmt.Errorf("max hint bytes per peer must be positive, got %d", c.MaxHintBytesPerPeer))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return c, fmt.Errorf("replicate config: %w", err)

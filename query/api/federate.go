@@ -103,7 +103,7 @@ func (a *API) federate(fctx *fasthttp.RequestCtx) {
 	// The merge yields series sorted by full label set; a stable sort by
 	// name keeps that order within each metric.
 	slices.SortStableFunc(vec, func(x, y promql.Sample) int {
-		return strings.Compare(x.Metric.Get(labels.MetricName), y.Metric.Get(labels.MetricName))
+		return strings.Compare(x.Metric.Get(model.MetricNameLabel), y.Metric.Get(model.MetricNameLabel))
 	})
 
 	format := expfmt.NegotiateAccept(http.Header{"Accept": {string(fctx.Request.Header.Peek(fasthttp.HeaderAccept))}}, federationFormats...)
@@ -174,7 +174,7 @@ func encodeFederation(w interface{ Write([]byte) (int, error) }, format expfmt.F
 		if isHist && !protobuf && !s.H.UsesCustomBuckets() {
 			continue
 		}
-		name := s.Metric.Get(labels.MetricName)
+		name := s.Metric.Get(model.MetricNameLabel)
 		if name == "" {
 			continue // nameless series cannot be exposed
 		}
@@ -204,7 +204,7 @@ func encodeFederation(w interface{ Write([]byte) (int, error) }, format expfmt.F
 		hasInstance := false
 		s.Metric.Range(func(l labels.Label) {
 			// Empty values mean "unset" and the name is the family's.
-			if l.Value == "" || l.Name == labels.MetricName {
+			if l.Value == "" || l.Name == model.MetricNameLabel {
 				return
 			}
 			if l.Name == model.InstanceLabel {

@@ -308,7 +308,7 @@ type blockingQuerier struct {
 
 func (q *blockingQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
 	for _, m := range ms {
-		if m.Name == labels.MetricName && m.Type == labels.MatchEqual && m.Value == q.b.name {
+		if m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual && m.Value == q.b.name {
 			q.b.entered <- struct{}{}
 			select {
 			case <-ctx.Done():
