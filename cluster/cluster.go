@@ -109,7 +109,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Cluster
 	}
 	c.gossipAddr = net.JoinHostPort(gossipHost, strconv.Itoa(gossipPort))
 	if err := c.raftTransport(gossipHost); err != nil {
-		gt.Shutdown()
+		_ = gt.Shutdown()
 		return nil, err
 	}
 
@@ -131,7 +131,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Cluster
 	}
 	c.ml, err = memberlist.Create(mc)
 	if err != nil {
-		gt.Shutdown()
+		_ = gt.Shutdown()
 		return nil, fmt.Errorf("cluster: start gossip: %w", err)
 	}
 
@@ -206,7 +206,7 @@ func (c *Cluster) gossipTransport() (memberlist.Transport, string, int, error) {
 	if c.cfg.AdvertiseAddr != "" {
 		h, p, err := splitHostPort(c.cfg.AdvertiseAddr)
 		if err != nil {
-			t.Shutdown()
+			_ = t.Shutdown()
 			return nil, "", 0, err
 		}
 		advHost = h
@@ -216,7 +216,7 @@ func (c *Cluster) gossipTransport() (memberlist.Transport, string, int, error) {
 	}
 	ip, advPort, err := t.FinalAdvertiseAddr(advHost, advPort)
 	if err != nil {
-		t.Shutdown()
+		_ = t.Shutdown()
 		return nil, "", 0, fmt.Errorf("%w: gossip advertise address: %w", ErrConfig, err)
 	}
 	return t, ip.String(), advPort, nil
@@ -252,7 +252,7 @@ func (c *Cluster) raftTransport(gossipAdvHost string) error {
 	if c.cfg.RaftAdvertiseAddr != "" {
 		h, p, err := splitHostPort(c.cfg.RaftAdvertiseAddr)
 		if err != nil {
-			ln.Close()
+			_ = ln.Close()
 			return err
 		}
 		if h != "" {
@@ -264,7 +264,7 @@ func (c *Cluster) raftTransport(gossipAdvHost string) error {
 	}
 	adv, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(advHost, strconv.Itoa(advPort)))
 	if err != nil || adv.IP.IsUnspecified() {
-		ln.Close()
+		_ = ln.Close()
 		return fmt.Errorf("%w: raft advertise address %s:%d is not reachable by peers", ErrConfig, advHost, advPort)
 	}
 	c.raftAddr = adv.String()

@@ -202,7 +202,7 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) { return fsmSnapshot{f.state.
 
 // Restore replaces the state with a snapshot's.
 func (f *fsm) Restore(rc io.ReadCloser) error {
-	defer rc.Close()
+	defer func() { _ = rc.Close() }()
 	var s State
 	if err := json.NewDecoder(rc).Decode(&s); err != nil {
 		return fmt.Errorf("cluster: restore snapshot: %w", err)

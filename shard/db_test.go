@@ -70,7 +70,7 @@ func queryFloats(t *testing.T, db *DB, mint, maxt int64, ms ...*labels.Matcher) 
 	t.Helper()
 	q, err := db.Querier(mint, maxt)
 	require.NoError(t, err)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ss := q.Select(context.Background(), true, nil, ms...)
 	out := map[string][]pt{}
 	for ss.Next() {
@@ -89,7 +89,7 @@ func queryFloats(t *testing.T, db *DB, mint, maxt int64, ms ...*labels.Matcher) 
 
 func TestAppendQueryOutOfOrderAndDuplicates(t *testing.T) {
 	db := open(t, Config{})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	ls := labels.FromStrings("__name__", "m", "job", "a")
 	appendFloats(t, db, ls, pt{10, 1}, pt{20, 2}, pt{30, 3})
 	// Out of order, and an exact duplicate: both accepted.
@@ -138,13 +138,13 @@ func TestCrashRecoveryKeepsCommittedSamples(t *testing.T) {
 	require.NoError(t, db.Close())
 
 	db = open(t, Config{Path: dir})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, labels.MustNewMatcher(labels.MatchEqual, "i", "a"))[a.String()])
 }
 
 func TestEvictedChunksAreReadFromDisk(t *testing.T) {
 	db := open(t, Config{Path: t.TempDir(), HeadWindow: time.Millisecond})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	ls := labels.FromStrings("__name__", "m")
 	var want []pt
 	for i := int64(0); i < 2000; i++ {
@@ -164,7 +164,7 @@ func TestEvictedChunksAreReadFromDisk(t *testing.T) {
 func TestRetention(t *testing.T) {
 	now := time.UnixMilli(100 * 3600 * 1000)
 	db := open(t, Config{Path: t.TempDir(), Retention: 10 * time.Hour, Now: func() time.Time { return now }})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	old := labels.FromStrings("__name__", "old")
 	cur := labels.FromStrings("__name__", "cur")
 	h := int64(3600 * 1000)
@@ -191,7 +191,7 @@ func TestRetention(t *testing.T) {
 
 func TestMatchers(t *testing.T) {
 	db := open(t, Config{})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	for _, ls := range []labels.Labels{
 		labels.FromStrings("__name__", "up", "job", "a", "env", "prod"),
 		labels.FromStrings("__name__", "up", "job", "b"),
@@ -231,10 +231,10 @@ func TestHistogramsSurviveRestart(t *testing.T) {
 	require.NoError(t, app.Commit())
 	crash(t, db)
 	db = open(t, Config{Path: dir})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	q, err := db.Querier(math.MinInt64, math.MaxInt64)
 	require.NoError(t, err)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", "h"))
 	require.True(t, ss.Next())
 	it := ss.At().Iterator(nil)

@@ -65,9 +65,9 @@ func digest(t *testing.T, db *DB) []BucketDigest {
 
 func TestPartitionDigest(t *testing.T) {
 	a := digestReplica(t, false, nil)
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	b := digestReplica(t, true, nil)
-	defer b.Close()
+	defer func() { _ = b.Close() }()
 	da := digest(t, a)
 	require.Len(t, da, 3)
 	for i, bd := range da {
@@ -84,7 +84,7 @@ func TestPartitionDigest(t *testing.T) {
 	_, err := a.ExportPartition(context.Background(), testPart, -1<<62, 1<<62, &buf, ExportOptions{})
 	require.NoError(t, err)
 	c := open(t, Config{})
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_, err = c.ImportPartition(context.Background(), &buf)
 	require.NoError(t, err)
 	require.Equal(t, da, digest(t, c))
@@ -105,16 +105,16 @@ func TestPartitionDigest(t *testing.T) {
 		}
 		return true
 	})
-	defer changed.Close()
+	defer func() { _ = changed.Close() }()
 	dc := digest(t, changed)
 	require.Equal(t, []int{1}, diff(da, dc))
 	require.Equal(t, da[1].Samples, dc[1].Samples)
 
 	// One histogram missing in the third bucket.
 	missing := digestReplica(t, false, func(s int, sm *sample) bool {
-		return !(s == 3 && sm.t == 5*3600*1000)
+		return s != 3 || sm.t != 5*3600*1000
 	})
-	defer missing.Close()
+	defer func() { _ = missing.Close() }()
 	dm := digest(t, missing)
 	require.Equal(t, []int{2}, diff(da, dm))
 	require.Equal(t, da[2].Samples-1, dm[2].Samples)
@@ -127,13 +127,13 @@ func TestPartitionDigest(t *testing.T) {
 		}
 		return true
 	})
-	defer hchanged.Close()
+	defer func() { _ = hchanged.Close() }()
 	require.Equal(t, []int{0}, diff(da, digest(t, hchanged)))
 }
 
 func TestPartitionDigestRanges(t *testing.T) {
 	db := open(t, Config{})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	ls := seriesIn(testPart, "m", 1)[0]
 	appendSamples(t, db, ls, sample{t: 0, f: 1}, sample{t: 99, f: 2}, sample{t: 100, f: 3}, sample{t: 250, f: 4})
 	d, err := db.PartitionDigest(context.Background(), testPart, 0, 250, 100)

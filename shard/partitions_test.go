@@ -58,7 +58,7 @@ func TestPartitionQuerierFilters(t *testing.T) {
 	m := labels.MustNewMatcher(labels.MatchEqual, "__name__", "m")
 
 	q := db.PartitionQuerier(0, 5000, set)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ss := q.Select(ctx, true, nil, m)
 	got := map[string]bool{}
 	for ss.Next() {

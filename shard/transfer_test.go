@@ -52,7 +52,7 @@ func dump(t *testing.T, db *DB, p uint16, mint, maxt int64) map[string][]string 
 	var set PartitionSet
 	set.Add(p)
 	q := db.PartitionQuerier(mint, maxt, &set)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ss := q.Select(context.Background(), true, nil, labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+"))
 	out := map[string][]string{}
 	for ss.Next() {
@@ -164,7 +164,7 @@ func exportAll(t *testing.T, db *DB, p uint16, mint, maxt int64) ([]byte, Export
 
 func TestExportImportRoundTrip(t *testing.T) {
 	src := transferFixture(t, Config{})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	want := dump(t, src, testPart, math.MinInt64, math.MaxInt64)
 	require.Len(t, want, 5)
 
@@ -173,7 +173,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 	require.Equal(t, countSamples(want), est.Samples)
 
 	dst := open(t, Config{})
-	defer dst.Close()
+	defer func() { _ = dst.Close() }()
 	ist, err := dst.ImportPartition(context.Background(), bytes.NewReader(stream))
 	require.NoError(t, err)
 	require.Equal(t, ImportStats{Series: 5, Samples: est.Samples, Bytes: int64(len(stream))}, ist)
@@ -212,7 +212,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 	again, est2 := exportAll(t, dst, testPart, math.MinInt64, math.MaxInt64)
 	require.Equal(t, est.Samples, est2.Samples)
 	third := open(t, Config{})
-	defer third.Close()
+	defer func() { _ = third.Close() }()
 	_, err = third.ImportPartition(context.Background(), bytes.NewReader(again))
 	require.NoError(t, err)
 	require.Equal(t, want, dump(t, third, testPart, math.MinInt64, math.MaxInt64))
@@ -222,7 +222,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 // does) reads the same data.
 func TestExportRenewedTransaction(t *testing.T) {
 	src := transferFixture(t, Config{})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	want, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
 	defer func(d time.Duration) { viewTxnMaxAge = d }(viewTxnMaxAge)
 	viewTxnMaxAge = 0
@@ -232,12 +232,12 @@ func TestExportRenewedTransaction(t *testing.T) {
 
 func TestImportConflictKeepsExisting(t *testing.T) {
 	src := transferFixture(t, Config{})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	want := dump(t, src, testPart, math.MinInt64, math.MaxInt64)
 	stream, est := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
 
 	dst := open(t, Config{})
-	defer dst.Close()
+	defer func() { _ = dst.Close() }()
 	ls := seriesIn(testPart, "m_float", 1)[0]
 	// The node already holds one sample with another value, one equal, and
 	// newer data, so the import lands behind it (out of order).
@@ -261,14 +261,14 @@ func TestImportConflictKeepsExisting(t *testing.T) {
 
 func TestExportWindow(t *testing.T) {
 	src := transferFixture(t, Config{})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	mint, maxt := int64(50*15000+1), int64(400*15000)
 	want := dump(t, src, testPart, mint, maxt)
 	stream, est := exportAll(t, src, testPart, mint, maxt)
 	require.Equal(t, countSamples(want), est.Samples)
 
 	dst := open(t, Config{})
-	defer dst.Close()
+	defer func() { _ = dst.Close() }()
 	_, err := dst.ImportPartition(context.Background(), bytes.NewReader(stream))
 	require.NoError(t, err)
 	require.Equal(t, want, dump(t, dst, testPart, math.MinInt64, math.MaxInt64))
@@ -285,14 +285,14 @@ func TestExportWindow(t *testing.T) {
 
 func TestImportSkipsSamplesOlderThanRetention(t *testing.T) {
 	src := open(t, Config{})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	ls := seriesIn(testPart, "m", 1)[0]
 	now := time.UnixMilli(10_000_000)
 	appendSamples(t, src, ls, sample{t: 1000, f: 1}, sample{t: 9_000_000, f: 2}, sample{t: 9_500_000, f: 3})
 	stream, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
 
 	dst := open(t, Config{Retention: time.Hour, Now: func() time.Time { return now }})
-	defer dst.Close()
+	defer func() { _ = dst.Close() }()
 	ist, err := dst.ImportPartition(context.Background(), bytes.NewReader(stream))
 	require.NoError(t, err)
 	require.Equal(t, 1, ist.TooOld)
@@ -302,10 +302,10 @@ func TestImportSkipsSamplesOlderThanRetention(t *testing.T) {
 
 func TestImportRejectsBadStreams(t *testing.T) {
 	src := transferFixture(t, Config{})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	stream, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
 	dst := open(t, Config{})
-	defer dst.Close()
+	defer func() { _ = dst.Close() }()
 	imp := func(b []byte) error {
 		_, err := dst.ImportPartition(context.Background(), bytes.NewReader(b))
 		return err
@@ -359,7 +359,7 @@ func (c *fakeClock) clock() clock {
 
 func TestExportRateLimit(t *testing.T) {
 	src := transferFixture(t, Config{})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	for _, rate := range []int64{1000, 20000, 1 << 20} {
 		fc := &fakeClock{t: time.Unix(0, 0)}
 		var buf bytes.Buffer
@@ -419,7 +419,7 @@ func TestDropPartition(t *testing.T) {
 		require.Empty(t, dump(t, db, testPart, math.MinInt64, math.MaxInt64))
 		q, err := db.Querier(math.MinInt64, math.MaxInt64)
 		require.NoError(t, err)
-		defer q.Close()
+		defer func() { _ = q.Close() }()
 		vals, _, err := q.LabelValues(context.Background(), "__name__", nil)
 		require.NoError(t, err)
 		require.Equal(t, []string{"other"}, vals)
@@ -444,7 +444,7 @@ func TestDropPartition(t *testing.T) {
 	require.NoError(t, db.Close())
 
 	db = open(t, Config{Path: dir})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	check(db)
 	// Dropping an empty partition is fine.
 	require.NoError(t, db.DropPartition(context.Background(), testPart))
@@ -452,7 +452,7 @@ func TestDropPartition(t *testing.T) {
 
 func TestDropPartitionUnderLoad(t *testing.T) {
 	db := open(t, Config{})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	ls := seriesIn(testPart, "m", 4)
@@ -500,7 +500,7 @@ func TestExportImportHistogramValues(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			src := open(t, Config{})
-			defer src.Close()
+			defer func() { _ = src.Close() }()
 			ls := seriesIn(testPart, "h", 1)[0]
 			var hs []sample
 			for i := range 50 {
@@ -509,13 +509,13 @@ func TestExportImportHistogramValues(t *testing.T) {
 			appendSamples(t, src, ls, hs...)
 			stream, _ := exportAll(t, src, testPart, math.MinInt64, math.MaxInt64)
 			dst := open(t, Config{})
-			defer dst.Close()
+			defer func() { _ = dst.Close() }()
 			ist, err := dst.ImportPartition(context.Background(), bytes.NewReader(stream))
 			require.NoError(t, err)
 			require.Equal(t, 50, ist.Samples)
 			q, err := dst.Querier(math.MinInt64, math.MaxInt64)
 			require.NoError(t, err)
-			defer q.Close()
+			defer func() { _ = q.Close() }()
 			ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", "h"))
 			require.True(t, ss.Next())
 			it := ss.At().Iterator(nil)
@@ -539,7 +539,7 @@ func TestExportImportHistogramValues(t *testing.T) {
 // sample committed before they started.
 func TestExportDuringIngestAndFlush(t *testing.T) {
 	db := open(t, Config{HeadWindow: time.Second})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	ls := seriesIn(testPart, "m", 3)
 	var last atomic.Int64
 	last.Store(-1)

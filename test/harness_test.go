@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
 
@@ -101,11 +101,11 @@ func freeAddr(t *testing.T) string {
 			continue
 		}
 		u, err := net.ListenPacket("udp", addr)
-		l.Close()
+		_ = l.Close()
 		if err != nil {
 			continue
 		}
-		u.Close()
+		_ = u.Close()
 		return addr
 	}
 	t.Fatal("no free loopback port in 20000-32000")
@@ -158,7 +158,7 @@ func (p *proc) waitReady() {
 		if err != nil {
 			return false
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}, 60*time.Second, 50*time.Millisecond, "kiln %s did not become ready", p.addr)
 }
@@ -236,7 +236,7 @@ func remoteWrite(ctx context.Context, addr string, ts []prompb.TimeSeries) (int,
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	_, _ = io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode, nil
 }
@@ -260,7 +260,7 @@ func queryRange(t *testing.T, addr, q string, start, end time.Time, step time.Du
 	v := url.Values{"query": {q}, "start": {fmtTime(start)}, "end": {fmtTime(end)}, "step": {strconv.FormatFloat(step.Seconds(), 'f', -1, 64)}}
 	resp, err := http.PostForm("http://"+addr+"/api/v1/query_range", v)
 	require.NoError(t, err)
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var pr promResponse
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&pr))
 	require.Equal(t, "success", pr.Status, "%s: %s", pr.ErrorType, pr.Error)

@@ -30,7 +30,7 @@ func TestLogStoreRoundTripAndReopen(t *testing.T) {
 
 	s, err = Open(dir)
 	require.NoError(t, err)
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	first, err = s.FirstIndex()
 	require.NoError(t, err)
 	require.Equal(t, uint64(5), first)
@@ -61,7 +61,7 @@ func TestLogStoreRoundTripAndReopen(t *testing.T) {
 func TestFreshStoreHasNoState(t *testing.T) {
 	s, err := Open(t.TempDir())
 	require.NoError(t, err)
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	has, err := raft.HasExistingState(s, s, raft.NewInmemSnapshotStore())
 	require.NoError(t, err)
 	require.False(t, has)

@@ -182,7 +182,7 @@ func (t *Transfer) digest(ctx context.Context, p uint16, peer ring.Member, mint,
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return nil, err

@@ -164,7 +164,7 @@ func (t *Transfer) pull(ctx context.Context, p uint16, from ring.Member, mint, m
 	if err != nil {
 		return 0, err
 	}
-	defer body.Close()
+	defer func() { _ = body.Close() }()
 	cr := &countingReader{r: body}
 	st, err := t.store.ImportPartition(ctx, cr)
 	t.m.fetchedBytes.Add(float64(cr.n))
@@ -181,7 +181,7 @@ func (t *Transfer) download(ctx context.Context, p uint16, from ring.Member, min
 	if err != nil {
 		return err
 	}
-	defer body.Close()
+	defer func() { _ = body.Close() }()
 	n, err := io.Copy(w, body)
 	t.m.fetchedBytes.Add(float64(n))
 	return err
@@ -202,11 +202,11 @@ func (t *Transfer) open(ctx context.Context, p uint16, from ring.Member, mint, m
 	case http.StatusOK:
 		return resp.Body, nil
 	case http.StatusConflict:
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return nil, fmt.Errorf("fetch partition %d from %s: %w", p, from.Name, ErrNotOwner)
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return nil, fmt.Errorf("fetch partition %d from %s: status %d: %s", p, from.Name, resp.StatusCode, msg)
 	}
 }

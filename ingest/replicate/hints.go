@@ -129,7 +129,7 @@ func readHintHeader(path string) (hint, error) {
 	if err != nil {
 		return hint{}, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var hdr [hintHeaderLen]byte
 	if _, err := f.ReadAt(hdr[:], 0); err != nil {
 		return hint{}, fmt.Errorf("%v: %w", err, errHintCorrupt)
@@ -225,11 +225,11 @@ func (hs *hintStore) write(peer string, h hint, body []byte) (int64, error) {
 			return err
 		}
 		if _, err := f.Write(buf); err != nil {
-			f.Close()
+			_ = f.Close()
 			return err
 		}
 		if err := f.Sync(); err != nil {
-			f.Close()
+			_ = f.Close()
 			return err
 		}
 		if err := f.Close(); err != nil {
@@ -242,7 +242,7 @@ func (hs *hintStore) write(peer string, h hint, body []byte) (int64, error) {
 		if err != nil {
 			return err
 		}
-		defer d.Close()
+		defer func() { _ = d.Close() }()
 		return d.Sync()
 	}()
 	if err != nil {

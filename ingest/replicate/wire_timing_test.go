@@ -196,19 +196,19 @@ func BenchmarkSingleNode(b *testing.B) {
 	b.Run("shard", func(b *testing.B) {
 		db, err := shard.Open(shard.Config{}, nil, nil)
 		require.NoError(b, err)
-		defer db.Close()
+		defer func() { _ = db.Close() }()
 		appendRounds(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
 	})
 	b.Run("writer", func(b *testing.B) {
 		db, err := shard.Open(shard.Config{}, nil, nil)
 		require.NoError(b, err)
-		defer db.Close()
+		defer func() { _ = db.Close() }()
 		r, err := ring.New([]ring.Member{{Name: "a", Addr: "127.0.0.1:1"}}, 1, 1)
 		require.NoError(b, err)
 		c := &cluster{ring: r, dead: map[string]bool{}}
 		w, err := New(Config{}, topo{c: c, self: "a"}, db, nil, nil)
 		require.NoError(b, err)
-		defer w.Close()
+		defer func() { _ = w.Close() }()
 		appendRounds(b, func() storage.AppenderV2 { return w.AppenderV2(context.Background()) })
 	})
 }
@@ -229,7 +229,7 @@ func BenchmarkCPUPerSample(b *testing.B) {
 	b.Run("single", func(b *testing.B) {
 		db, err := shard.Open(shard.Config{}, nil, nil)
 		require.NoError(b, err)
-		defer db.Close()
+		defer func() { _ = db.Close() }()
 		appendRounds(b, func() storage.AppenderV2 { return db.AppenderV2(context.Background()) })
 	})
 	b.Run("rf3", func(b *testing.B) {

@@ -32,7 +32,7 @@ func TestNewErrors(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	a, err := New(Config{}, Deps{Queryable: s}, reg, nil)
 	require.NoError(t, err)
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	_, err = New(Config{}, Deps{Queryable: s}, reg, nil)
 	require.ErrorContains(t, err, "query api: register metrics: duplicate metrics collector registration attempted")
 }
@@ -44,7 +44,7 @@ func TestHandlerWithoutServer(t *testing.T) {
 	loadFixture(t, s)
 	a, err := New(Config{MaxConcurrency: -1}, Deps{Queryable: s}, nil, nil)
 	require.NoError(t, err)
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	a.now = func() time.Time { return fixtureNow }
 	require.Nil(t, a.gate)
 

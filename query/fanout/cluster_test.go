@@ -162,7 +162,7 @@ type pt struct {
 func selectAll(t testing.TB, ctx context.Context, q storage.Queryable, ms ...*labels.Matcher) (map[string][]pt, error) {
 	qr, err := q.Querier(0, samples*step)
 	require.NoError(t, err)
-	defer qr.Close()
+	defer func() { _ = qr.Close() }()
 	ss := qr.Select(ctx, false, nil, ms...)
 	out := map[string][]pt{}
 	for ss.Next() {
@@ -217,10 +217,10 @@ func requireSameAsReference(t *testing.T, c *cluster, q storage.Queryable) {
 
 	rq, err := c.ref.Querier(0, samples*step)
 	require.NoError(t, err)
-	defer rq.Close()
+	defer func() { _ = rq.Close() }()
 	fq, err := q.Querier(0, samples*step)
 	require.NoError(t, err)
-	defer fq.Close()
+	defer func() { _ = fq.Close() }()
 	wn, _, err := rq.LabelNames(ctx, nil)
 	require.NoError(t, err)
 	gn, ws, err := fq.LabelNames(ctx, nil)
@@ -268,7 +268,7 @@ func TestChunkQuerierMergesReplicas(t *testing.T) {
 	// With W=1 reads ask both replicas: chunk series must be compacted.
 	cq, err := c.nodes[0].q.ChunkQuerier(0, samples*step)
 	require.NoError(t, err)
-	defer cq.Close()
+	defer func() { _ = cq.Close() }()
 	ss := storage.NewSeriesSetFromChunkSeriesSet(cq.Select(context.Background(), true, nil, allMatcher))
 	n := 0
 	for ss.Next() {
@@ -328,7 +328,7 @@ func TestPartitionsWithoutLiveOwner(t *testing.T) {
 	require.Equal(t, want, got)
 	qr, err := nd.q.Querier(0, samples*step)
 	require.NoError(t, err)
-	defer qr.Close()
+	defer func() { _ = qr.Close() }()
 	ss := qr.Select(pctx, true, nil, allMatcher)
 	for ss.Next() {
 	}
@@ -397,7 +397,7 @@ func TestNarrowRangeLikeOneDB(t *testing.T) {
 	read := func(q storage.Queryable, mint, maxt int64, hints *storage.SelectHints) map[string][]pt {
 		qr, err := q.Querier(mint, maxt)
 		require.NoError(t, err)
-		defer qr.Close()
+		defer func() { _ = qr.Close() }()
 		ss := qr.Select(ctx, true, hints, allMatcher)
 		out := map[string][]pt{}
 		var it chunkenc.Iterator
@@ -487,7 +487,7 @@ func TestFewerReplicasThanQuorumWarns(t *testing.T) {
 	nd := c.nodes[0]
 	qr, err := nd.q.Querier(0, samples*step)
 	require.NoError(t, err)
-	defer qr.Close()
+	defer func() { _ = qr.Close() }()
 	ss := qr.Select(context.Background(), true, nil, allMatcher)
 	for ss.Next() {
 	}

@@ -77,7 +77,7 @@ var snappyWriters = sync.Pool{New: func() any { return snappy.NewBufferedWriter(
 
 func (q *Queryable) serveSelect(ctx context.Context, req *request, fw *frameWriter) error {
 	cq := q.local.PartitionChunkQuerier(req.mint, req.maxt, &req.parts)
-	defer cq.Close()
+	defer func() { _ = cq.Close() }()
 	ss := cq.Select(ctx, true, req.hints, req.matchers...)
 	for ss.Next() {
 		s := ss.At()
@@ -93,7 +93,7 @@ func (q *Queryable) serveSelect(ctx context.Context, req *request, fw *frameWrit
 
 func (q *Queryable) serveLabels(ctx context.Context, req *request, names bool, fw *frameWriter) error {
 	lq := q.local.PartitionQuerier(req.mint, req.maxt, &req.parts)
-	defer lq.Close()
+	defer func() { _ = lq.Close() }()
 	var hints *storage.LabelHints
 	if req.limit > 0 {
 		hints = &storage.LabelHints{Limit: req.limit}
