@@ -106,7 +106,7 @@ func BenchmarkIngest(b *testing.B) {
 	for _, impl := range []string{"kiln", "kiln-sync-1s", "prometheus"} {
 		b.Run(impl, func(b *testing.B) {
 			db := openImpl(b, impl, b.TempDir())
-			defer db.Close()
+			defer func() { _ = db.Close() }()
 			refs := make([]storage.SeriesRef, len(ss))
 			t0 := time.Now().Add(-24 * time.Hour).UnixMilli()
 			ingestRound(b, db, ss, refs, 0, t0) // create series outside the timer
@@ -226,13 +226,13 @@ func BenchmarkDashboard(b *testing.B) {
 		Timeout:       time.Minute,
 		LookbackDelta: 5 * time.Minute,
 	})
-	defer engine.Close()
+	defer func() { _ = engine.Close() }()
 	for _, impl := range []string{"kiln", "prometheus"} {
 		b.Run(impl, func(b *testing.B) {
 			// This function runs once per benchmark run, so the load is
 			// shared by every query below and never timed.
 			db := openImpl(b, impl, b.TempDir())
-			defer db.Close()
+			defer func() { _ = db.Close() }()
 			refs := make([]storage.SeriesRef, len(ss))
 			for r := 0; r < rounds; r++ {
 				ingestRound(b, db, ss, refs, r, t0)

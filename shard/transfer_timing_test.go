@@ -22,7 +22,7 @@ func BenchmarkExportImport(b *testing.B) {
 		return db
 	}
 	src := openDB(Config{HeadWindow: time.Minute})
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	for i, ls := range seriesIn(testPart, "bench_metric", 1000) {
 		ss := make([]sample, 240)
 		for j := range ss {

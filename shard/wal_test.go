@@ -60,7 +60,7 @@ func TestWALReplayAfterCrashAcrossSegments(t *testing.T) {
 			appendFloats(t, db, ls, pt{300_000, 300})
 			crash(t, db)
 			db = open(t, Config{Path: dir, SyncInterval: sync})
-			defer db.Close()
+			defer func() { _ = db.Close() }()
 			got := queryFloats(t, db, math.MinInt64, math.MaxInt64, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"))[ls.String()]
 			require.Equal(t, append(want, pt{300_000, 300}), got)
 		})
@@ -115,7 +115,7 @@ func TestWALConcurrentCommitsAndFlushes(t *testing.T) {
 	crash(t, db)
 
 	db = open(t, Config{Path: dir})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	got := queryFloats(t, db, math.MinInt64, math.MaxInt64, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"))
 	require.Len(t, got, writers)
 	for _, pts := range got {
@@ -160,7 +160,7 @@ func TestWALTornTailIsTruncated(t *testing.T) {
 			appendFloats(t, db, ls, pt{100_000, 1})
 			crash(t, db)
 			db = open(t, Config{Path: dir})
-			defer db.Close()
+			defer func() { _ = db.Close() }()
 			got := queryFloats(t, db, math.MinInt64, math.MaxInt64, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"))[ls.String()]
 			require.Equal(t, append(want, pt{100_000, 1}), got)
 		})
@@ -227,7 +227,7 @@ func TestLegacyWALKeysAreReplayed(t *testing.T) {
 	}))
 	crash(t, db)
 	db = open(t, Config{Path: dir})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	require.False(t, db.legacyWAL)
 	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"))[ls.String()])
 }
@@ -237,7 +237,7 @@ func TestLegacyWALKeysAreReplayed(t *testing.T) {
 func TestFlushDeletesOldSegments(t *testing.T) {
 	dir := t.TempDir()
 	db := open(t, Config{Path: dir})
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	ls := make([]labels.Labels, 100)
 	for i := range ls {
 		ls[i] = labels.FromStrings("__name__", "m", "i", fmt.Sprint(i))

@@ -130,7 +130,7 @@ func getData(c *http.Client, url string, into any) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var pr promResponse
 	if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil {
 		return err
@@ -146,7 +146,7 @@ func apiGet(t *testing.T, addr, path string, params url.Values) promResponse {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + path + "?" + params.Encode())
 	require.NoError(t, err)
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var pr promResponse
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&pr))
 	return pr

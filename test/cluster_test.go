@@ -137,7 +137,7 @@ func TestClusterAnswersLikeSingleNode(t *testing.T) {
 	federate := func(addr string) string {
 		resp, err := http.Get("http://" + addr + "/federate?match[]=" + url.QueryEscape(`{job="web"}`))
 		require.NoError(t, err)
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		b, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
@@ -373,7 +373,7 @@ func TestClusterLeaderKill(t *testing.T) {
 			resp, err := http.PostForm("http://"+rest[1].addr+"/api/v1/query", v)
 			if err == nil {
 				ok := resp.StatusCode == http.StatusOK
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				if ok {
 					if gap := time.Since(last); int64(gap) > qmax.Load() {
 						qmax.Store(int64(gap))

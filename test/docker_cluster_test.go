@@ -204,7 +204,7 @@ func startDockerCluster(t *testing.T, image, test string) *dockerCluster {
 			if err != nil {
 				return false
 			}
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			return resp.StatusCode == http.StatusOK
 		}, 60*time.Second, 100*time.Millisecond, "%s did not become ready", n.name)
 	}
@@ -378,7 +378,7 @@ func writeTo(addr string, ts []prompb.TimeSeries) (int, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	_, _ = io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode, resp.Header.Get("Retry-After"), nil
 }

@@ -100,5 +100,5 @@ func testKill9KeepsAcknowledgedSamples(t *testing.T, flags ...string) {
 	}
 	resp, err := http.Get("http://" + addr + "/-/healthy")
 	require.NoError(t, err)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 }

@@ -78,7 +78,7 @@ func samples(t *testing.T, db *shard.DB, name string) map[string]map[int64]float
 	t.Helper()
 	q, err := db.Querier(math.MinInt64, math.MaxInt64)
 	require.NoError(t, err)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", name))
 	out := map[string]map[int64]float64{}
 	for ss.Next() {

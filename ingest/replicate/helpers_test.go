@@ -145,7 +145,7 @@ func samples(t *testing.T, db *shard.DB) map[string]map[int64]float64 {
 	t.Helper()
 	q, err := db.Querier(math.MinInt64, math.MaxInt64)
 	require.NoError(t, err)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+"))
 	out := map[string]map[int64]float64{}
 	var it chunkenc.Iterator

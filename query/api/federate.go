@@ -69,7 +69,7 @@ func (a *API) federate(fctx *fasthttp.RequestCtx) {
 		fctx.Error(err.Error(), status)
 		return
 	}
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 
 	hints := &storage.SelectHints{Start: mint, End: maxt}
 	sets := make([]storage.SeriesSet, 0, len(matcherSets))

@@ -210,7 +210,7 @@ func (e *testEnv) do(t testing.TB, method, path string, header http.Header) (int
 	}
 	resp, err := e.http.Do(req)
 	require.NoError(t, err)
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	return resp.StatusCode, resp.Header, string(body)
@@ -218,7 +218,7 @@ func (e *testEnv) do(t testing.TB, method, path string, header http.Header) (int
 
 func readResponse(t testing.TB, resp *http.Response) (int, string, string) {
 	t.Helper()
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	return resp.StatusCode, resp.Header.Get("Content-Type"), string(body)

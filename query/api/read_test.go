@@ -111,7 +111,7 @@ func testRemoteReadSamples(t *testing.T, env *testEnv) {
 	require.NoError(t, err)
 	resp, err := env.http.Post(env.url+"/api/v1/read", "application/x-protobuf", bytes.NewReader(snappy.Encode(nil, data)))
 	require.NoError(t, err)
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Equal(t, "application/x-protobuf", resp.Header.Get("Content-Type"))
 	require.Equal(t, "snappy", resp.Header.Get("Content-Encoding"))
