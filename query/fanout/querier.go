@@ -194,7 +194,9 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 		// read once (distinctReplicas) instead of merged sample by sample.
 		cq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, p.local)
 		qr.track(cq)
-		sets = append(sets, &localWireSet{ChunkSeriesSet: cq.Select(ctx, true, &wire, ms...), mint: mint, maxt: maxt})
+		// Unsorted: the replicas are joined by labels below, not merged
+		// in label order.
+		sets = append(sets, &localWireSet{ChunkSeriesSet: cq.Select(ctx, false, &wire, ms...), mint: mint, maxt: maxt})
 	}
 	for _, fr := range frs {
 		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}, mint: mint, maxt: maxt})
@@ -203,8 +205,76 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 	if hints != nil {
 		limit = hints.Limit
 	}
-	return &warnSeriesSet{SeriesSet: storage.NewMergeSeriesSet(sets, limit, replicaMerge), ws: ws}
+	return joinReplicas(sets, sortSeries, limit, ws)
 }
+
+// joinReplicas reads every set and groups the series by their labels (a
+// hash join), each group becoming one series through replicaMerge. The
+// engine reads every series of a Select before it evaluates anything, and
+// does not ask for them sorted, so this costs less than sorting the local
+// replica and merging the sets in label order through a heap (a fifth of
+// an instant query's time through a node at R=2). Sorted only on request.
+func joinReplicas(sets []storage.SeriesSet, sortSeries bool, limit int, ws annotations.Annotations) storage.SeriesSet {
+	type group struct {
+		reps []storage.Series
+		next int // next group with the same hash, -1 if none
+	}
+	var groups []group
+	byHash := make(map[uint64]int)
+	for _, set := range sets {
+	series:
+		for set.Next() {
+			s := set.At()
+			ls := s.Labels()
+			h := ls.Hash()
+			head, ok := byHash[h]
+			if !ok {
+				head = -1
+			}
+			for i := head; i >= 0; i = groups[i].next {
+				if labels.Equal(groups[i].reps[0].Labels(), ls) {
+					groups[i].reps = append(groups[i].reps, s)
+					continue series
+				}
+			}
+			reps := make([]storage.Series, 1, 2)
+			reps[0] = s
+			groups = append(groups, group{reps: reps, next: head})
+			byHash[h] = len(groups) - 1
+		}
+		if err := set.Err(); err != nil {
+			return storage.ErrSeriesSet(err)
+		}
+		ws.Merge(set.Warnings())
+	}
+	out := make([]storage.Series, len(groups))
+	for i, g := range groups {
+		out[i] = replicaMerge(g.reps...)
+	}
+	if sortSeries || limit > 0 {
+		slices.SortFunc(out, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return &sliceSeriesSet{series: out, i: -1, ws: ws}
+}
+
+// sliceSeriesSet is a SeriesSet over a slice.
+type sliceSeriesSet struct {
+	series []storage.Series
+	i      int
+	ws     annotations.Annotations
+}
+
+func (s *sliceSeriesSet) Next() bool {
+	s.i++
+	return s.i < len(s.series)
+}
+
+func (s *sliceSeriesSet) At() storage.Series                { return s.series[s.i] }
+func (s *sliceSeriesSet) Err() error                        { return nil }
+func (s *sliceSeriesSet) Warnings() annotations.Annotations { return s.ws }
 
 type chunkQuerier struct{ base }
 
