@@ -1,6 +1,11 @@
 package shard
 
-import "github.com/prometheus/prometheus/tsdb/chunkenc"
+import (
+	"bytes"
+	"encoding/binary"
+
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+)
 
 // ChunkIterator returns an iterator over c, like c.Iterator(reuse), but
 // decodes XOR2 float chunks with Kiln's own decoder, which is faster than
@@ -27,4 +32,26 @@ func ChunkSize(c chunkenc.Chunk) int {
 		return len(v.b)
 	}
 	return len(c.Bytes())
+}
+
+// ChunkBytesEqual reports whether c.Bytes() equals b, without copying an
+// in-memory chunk.
+func ChunkBytesEqual(c chunkenc.Chunk, b []byte) bool {
+	v, ok := c.(*xor2View)
+	if !ok {
+		return bytes.Equal(c.Bytes(), b)
+	}
+	if len(b) != len(v.b) {
+		return false
+	}
+	if len(b) < xor2HeaderSize {
+		return bytes.Equal(v.b, b)
+	}
+	if binary.BigEndian.Uint16(b) != v.n || b[2] != v.sthdr {
+		return false
+	}
+	if len(b) == xor2HeaderSize {
+		return true
+	}
+	return b[len(b)-1] == v.last && bytes.Equal(b[xor2HeaderSize:len(b)-1], v.b[xor2HeaderSize:len(v.b)-1])
 }

@@ -3,6 +3,7 @@ package shard
 import (
 	"math"
 	"math/rand"
+	"slices"
 	"sync"
 	"testing"
 
@@ -214,7 +215,18 @@ func TestAppendChunkBytesIsBytes(t *testing.T) {
 		require.Equal(t, v.Bytes(), AppendChunkBytes(nil, v))
 		require.Equal(t, []byte{7}, AppendChunkBytes([]byte{7}, v)[:1])
 		require.Equal(t, len(v.Bytes()), ChunkSize(v))
+		b := v.Bytes()
+		require.True(t, ChunkBytesEqual(v, b))
+		for _, k := range []int{0, 1, 2, len(b) / 2, len(b) - 1} {
+			if k < len(b) {
+				o := slices.Clone(b)
+				o[k] ^= 1
+				require.False(t, ChunkBytesEqual(v, o), "byte %d differs", k)
+			}
+		}
+		require.False(t, ChunkBytesEqual(v, b[:len(b)-1]))
 	}
+	require.True(t, ChunkBytesEqual(c, c.Bytes()))
 	require.Equal(t, c.Bytes(), AppendChunkBytes(nil, c))
 	require.Equal(t, len(c.Bytes()), ChunkSize(c))
 }

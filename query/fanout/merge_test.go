@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/prometheus/prometheus/model/histogram"
@@ -127,8 +128,25 @@ func TestDistinctReplicas(t *testing.T) {
 	require.Equal(t, []storage.Series{local, a}, distinctReplicas([]storage.Series{local, a, same}))
 	// Of identical replicas the one read from local storage (in wire form,
 	// localWireSet) is kept, wherever it comes.
-	inWire := &remoteSeries{chunks: []byte{1, 2, 3}, mint: 0, maxt: 10, local: []chunks.Meta{{}}}
-	require.Same(t, inWire, distinctReplicas([]storage.Series{a, inWire})[0])
-	require.Same(t, inWire, distinctReplicas([]storage.Series{inWire, a})[0])
-	require.Len(t, distinctReplicas([]storage.Series{a, inWire, same}), 1)
+	chk := chunkenc.NewXOR2Chunk()
+	app, err := chk.Appender()
+	require.NoError(t, err)
+	app.Append(0, 1, 1)
+	app.Append(0, 2, 2)
+	metas := []chunks.Meta{{Chunk: chk, MinTime: 1, MaxTime: 2}}
+	wire := appendWireChunks(nil, metas)
+	peer := &remoteSeries{chunks: wire, mint: 0, maxt: 10}
+	inWire := &remoteSeries{mint: 0, maxt: 10, local: metas}
+	require.Same(t, inWire, distinctReplicas([]storage.Series{peer, inWire})[0])
+	require.Same(t, inWire, distinctReplicas([]storage.Series{inWire, peer})[0])
+	require.Len(t, distinctReplicas([]storage.Series{peer, inWire, &remoteSeries{chunks: wire, mint: 0, maxt: 10}}), 1)
+	// A peer's replica differing in a chunk's bytes, span or count is not
+	// the local one.
+	flipped := slices.Clone(wire)
+	flipped[len(flipped)-1] ^= 1
+	longer := appendWireChunks(slices.Clone(wire), metas)
+	for _, w := range [][]byte{flipped, longer, wire[:0]} {
+		require.Len(t, distinctReplicas([]storage.Series{inWire, &remoteSeries{chunks: w, mint: 0, maxt: 10}}), 2)
+	}
+	require.Len(t, distinctReplicas([]storage.Series{inWire, &remoteSeries{chunks: appendWireChunks(nil, []chunks.Meta{{Chunk: chk, MinTime: 1, MaxTime: 3}}), mint: 0, maxt: 10}}), 2)
 }

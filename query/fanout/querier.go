@@ -390,13 +390,12 @@ func (s *remoteSeriesSet) At() storage.Series {
 	return rs
 }
 
-// localWireSet presents local chunk series as remoteSeries: their chunks
-// encoded as a peer would send them.
+// localWireSet presents local chunk series as remoteSeries, so that they
+// compare with peers' replicas chunk by chunk (distinctReplicas).
 type localWireSet struct {
 	storage.ChunkSeriesSet
 	mint, maxt int64
 	metas      []chunks.Meta
-	slab       []byte
 	cur        *remoteSeries
 	err        error
 }
@@ -416,17 +415,13 @@ func (s *localWireSet) Next() bool {
 	}
 	// One slab for many series: earlier series keep their sub-slices when
 	// it grows or is replaced.
-	start := len(s.slab)
-	s.slab = appendWireChunks(s.slab, s.metas)
-	// The chunks themselves are kept too: an in-memory chunk carries the
-	// decoder checkpoints earlier queries left, so an instant query seeks
-	// into its last minutes instead of decoding it from the start.
+	// The chunks themselves are read, not a wire copy: an in-memory chunk
+	// carries the decoder checkpoints earlier queries left, so an instant
+	// query seeks into its last minutes instead of decoding it from the
+	// start. sameAs compares them with a peer's wire form in place.
 	local := slices.Clone(s.metas)
 	clear(s.metas)
-	s.cur = &remoteSeries{lset: cs.Labels(), chunks: s.slab[start:len(s.slab):len(s.slab)], mint: s.mint, maxt: s.maxt, local: local}
-	if cap(s.slab) > 1<<20 {
-		s.slab = nil
-	}
+	s.cur = &remoteSeries{lset: cs.Labels(), mint: s.mint, maxt: s.maxt, local: local}
 	return true
 }
 
@@ -443,8 +438,8 @@ type remoteSeries struct {
 	lset       labels.Labels
 	chunks     []byte // as in frame
 	mint, maxt int64
-	// local holds the same chunks as chunks when they were read from
-	// local storage (localWireSet); they are iterated instead.
+	// local holds the chunks instead of chunks when they were read from
+	// local storage (localWireSet).
 	local []chunks.Meta
 }
 
@@ -452,7 +447,32 @@ func (s *remoteSeries) Labels() labels.Labels { return s.lset }
 
 // sameAs reports whether o holds the same chunks clipped to the same range.
 func (s *remoteSeries) sameAs(o *remoteSeries) bool {
-	return s.mint == o.mint && s.maxt == o.maxt && bytes.Equal(s.chunks, o.chunks)
+	if s.mint != o.mint || s.maxt != o.maxt {
+		return false
+	}
+	switch {
+	case s.local == nil && o.local == nil:
+		return bytes.Equal(s.chunks, o.chunks)
+	case s.local != nil && o.local == nil:
+		return sameChunks(s.local, o.chunks)
+	case s.local == nil && o.local != nil:
+		return sameChunks(o.local, s.chunks)
+	}
+	return false // two local replicas: there is one local set
+}
+
+// sameChunks reports whether the wire form of metas (appendWireChunks)
+// would be wire, without writing it.
+func sameChunks(metas []chunks.Meta, wire []byte) bool {
+	w := wireChunks{wire}
+	for _, m := range metas {
+		enc, mint, maxt, b, ok := w.next()
+		if !ok || enc != m.Chunk.Encoding() || mint != m.MinTime || maxt != m.MaxTime || !shard.ChunkBytesEqual(m.Chunk, b) {
+			return false
+		}
+	}
+	_, _, _, _, more := w.next()
+	return !more
 }
 
 func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
@@ -461,9 +481,6 @@ func (s *remoteSeries) Iterator(reuse chunkenc.Iterator) chunkenc.Iterator {
 		it = &chainIterator{}
 	}
 	*it = chainIterator{chunks: wireChunks{s.chunks}, local: s.local, mint: s.mint, maxt: s.maxt, cur: it.cur, chks: it.chks}
-	if s.local != nil {
-		it.chunks = wireChunks{}
-	}
 	return it
 }
 
