@@ -354,6 +354,14 @@ func TestChainedValuesInFlightAndFailed(t *testing.T) {
 		return nil
 	}
 	chained := func(s sent) int { return len(s.e.owned) }
+	// chainedRound sends a request that chains every series, delivers it
+	// and acknowledges it.
+	chainedRound := func() {
+		r := send()
+		require.Equal(t, 20, chained(r))
+		require.NoError(t, deliver(r))
+		pc.ack(&r.e)
+	}
 
 	r0 := send()
 	require.Equal(t, 20, chained(r0), "a new series sets its ref")
@@ -371,18 +379,13 @@ func TestChainedValuesInFlightAndFailed(t *testing.T) {
 	pc.ack(&r2.e)
 	pc.ack(&r1.e)
 
-	r3 := send()
-	require.Equal(t, 20, chained(r3))
-	require.NoError(t, deliver(r3))
-	pc.ack(&r3.e)
+	chainedRound()
 
-	// Never sent: the next request chains from r3 as if it never existed.
+	// Never sent: the next request chains from the last one acknowledged
+	// as if it never existed.
 	r4 := send()
 	pc.failed(&r4.e, false)
-	r5 := send()
-	require.Equal(t, 20, chained(r5))
-	require.NoError(t, deliver(r5))
-	pc.ack(&r5.e)
+	chainedRound()
 
 	// Sent, no answer: a new generation; the lost request arriving late
 	// is refused, and so is what follows until the sender resyncs.
@@ -400,7 +403,5 @@ func TestChainedValuesInFlightAndFailed(t *testing.T) {
 	r9 := send()
 	require.NoError(t, deliver(r9))
 	pc.ack(&r9.e)
-	r10 := send()
-	require.Equal(t, 20, chained(r10))
-	require.NoError(t, deliver(r10))
+	chainedRound()
 }
