@@ -124,21 +124,17 @@ func (pc *peerCache) ack(e *encoded) {
 // known any more: a new generation starts, and the peer drops the old
 // table when it sees it.
 func (pc *peerCache) failed(e *encoded, sent bool) {
-	if sent {
-		pc.mu.Lock()
-		if pc.gen == e.gen {
-			pc.resetLocked()
-		}
-		pc.mu.Unlock()
-		return
-	}
 	pc.mu.Lock()
-	if pc.gen == e.gen {
+	defer pc.mu.Unlock()
+	switch {
+	case pc.gen != e.gen:
+	case sent:
+		pc.resetLocked()
+	default:
 		for _, o := range e.owned {
 			o.cs.inflight = false
 		}
 	}
-	pc.mu.Unlock()
 }
 
 // peer is the sending side's state for one peer.
@@ -283,8 +279,7 @@ func (ts *tables) resolve(req *request) ([]*rdef, error) {
 				return nil, fmt.Errorf("series id %d: chained values in a self-contained request: %w", s.id, errMalformed)
 			}
 		}
-		resolveValues(req, out)
-		return out, nil
+		return out, resolveValues(req, out)
 	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
@@ -312,45 +307,42 @@ func (ts *tables) resolve(req *request) ([]*rdef, error) {
 		}
 		out[i] = t.defs[s.id]
 	}
-	// Chained values are decoded here, under the lock, in the order the
-	// sender guarantees: at most one request in flight sets a series' ref.
+	// Chained values are decoded under the lock, in the order the sender
+	// guarantees: at most one request in flight sets a series' last value.
+	return out, resolveValues(req, out)
+}
+
+// resolveValues turns every float of req into its value (tag 1): a series
+// in mode base from its base; a chained one from its last value (mode ref)
+// or its base (mode set-ref), each value from the one before, the last one
+// kept for the next request.
+func resolveValues(req *request, defs []*rdef) error {
 	fi := 0
 	for i, s := range req.series {
-		d := out[i]
-		if s.mode == modeRef && !d.hasLast {
-			return nil, fmt.Errorf("series id %d: no value to chain from: %w", s.id, errResync)
+		d := defs[i]
+		ref, scale := d.base, scaler(scaledBase)
+		switch s.mode {
+		case modeRef:
+			if !d.hasLast {
+				return fmt.Errorf("series id %d: no value to chain from: %w", s.id, errResync)
+			}
+			ref, scale = d.last, scaledRef
+		case modeSetRef:
+			scale = scaledRef
+		}
+		for j := fi; j < fi+s.nf; j++ {
+			f := &req.floats[j]
+			f.v, f.tag = f.value(ref, scale), 1
+			if s.mode != modeBase {
+				ref = f.v
+			}
 		}
 		if s.mode != modeBase && s.nf > 0 {
-			ref := d.base
-			if s.mode == modeRef {
-				ref = d.last
-			}
-			for j := fi; j < fi+s.nf; j++ {
-				f := &req.floats[j]
-				f.v = f.value(ref, scaledRef)
-				f.tag, ref = 1, f.v
-			}
 			d.last, d.hasLast = ref, true
 		}
 		fi += s.nf
 	}
-	resolveValues(req, out)
-	return out, nil
-}
-
-// resolveValues turns the floats still relative to their series' base
-// into values (tag 1), so the request holds final values only.
-func resolveValues(req *request, defs []*rdef) {
-	fi := 0
-	for i, s := range req.series {
-		for j := fi; j < fi+s.nf; j++ {
-			if f := &req.floats[j]; f.tag != 1 {
-				f.v = f.value(defs[i].base, scaledBase)
-				f.tag = 1
-			}
-		}
-		fi += s.nf
-	}
+	return nil
 }
 
 var _ storage.AppendableV2 = (*Writer)(nil)

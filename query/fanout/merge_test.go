@@ -127,7 +127,7 @@ func TestDistinctReplicas(t *testing.T) {
 	require.Equal(t, []storage.Series{a, clipped}, distinctReplicas([]storage.Series{a, clipped}))
 	require.Equal(t, []storage.Series{local, a}, distinctReplicas([]storage.Series{local, a, same}))
 	// Of identical replicas the one read from local storage (in wire form,
-	// localWireSet) is kept, wherever it comes.
+	// localReplicaSet) is kept, wherever it comes.
 	chk := chunkenc.NewXOR2Chunk()
 	app, err := chk.Appender()
 	require.NoError(t, err)

@@ -190,13 +190,12 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 		sets = append(sets, qr.localQuerier(p.local).Select(ctx, true, hints, ms...))
 	} else if p.localUsed {
 		// Peers hold other replicas of (some of) these partitions: the
-		// local replica takes their form, so that identical replicas are
-		// read once (distinctReplicas) instead of merged sample by sample.
+		// local replica comes as chunks, so that identical replicas are
+		// read once (distinctReplicas) instead of merged sample by sample,
+		// and unsorted: the replicas are joined by labels below.
 		cq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, p.local)
 		qr.track(cq)
-		// Unsorted: the replicas are joined by labels below, not merged
-		// in label order.
-		sets = append(sets, &localWireSet{ChunkSeriesSet: cq.Select(ctx, false, &wire, ms...), mint: mint, maxt: maxt})
+		sets = append(sets, &localReplicaSet{ChunkSeriesSet: cq.Select(ctx, false, &wire, ms...), mint: mint, maxt: maxt})
 	}
 	for _, fr := range frs {
 		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}, mint: mint, maxt: maxt})
@@ -204,6 +203,11 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 	limit := 0
 	if hints != nil {
 		limit = hints.Limit
+	}
+	if len(sets) == 1 {
+		// One replica of each series, sorted (the local querier was asked
+		// to, a peer always sends them so) and limited already.
+		return &warnSeriesSet{SeriesSet: sets[0], ws: ws}
 	}
 	return joinReplicas(sets, sortSeries, limit, ws)
 }
@@ -390,9 +394,9 @@ func (s *remoteSeriesSet) At() storage.Series {
 	return rs
 }
 
-// localWireSet presents local chunk series as remoteSeries, so that they
+// localReplicaSet presents local chunk series as remoteSeries, so that they
 // compare with peers' replicas chunk by chunk (distinctReplicas).
-type localWireSet struct {
+type localReplicaSet struct {
 	storage.ChunkSeriesSet
 	mint, maxt int64
 	metas      []chunks.Meta
@@ -400,7 +404,7 @@ type localWireSet struct {
 	err        error
 }
 
-func (s *localWireSet) Next() bool {
+func (s *localReplicaSet) Next() bool {
 	if s.err != nil || !s.ChunkSeriesSet.Next() {
 		return false
 	}
@@ -413,8 +417,6 @@ func (s *localWireSet) Next() bool {
 	if s.err = it.Err(); s.err != nil {
 		return false
 	}
-	// One slab for many series: earlier series keep their sub-slices when
-	// it grows or is replaced.
 	// The chunks themselves are read, not a wire copy: an in-memory chunk
 	// carries the decoder checkpoints earlier queries left, so an instant
 	// query seeks into its last minutes instead of decoding it from the
@@ -425,9 +427,9 @@ func (s *localWireSet) Next() bool {
 	return true
 }
 
-func (s *localWireSet) At() storage.Series { return s.cur }
+func (s *localReplicaSet) At() storage.Series { return s.cur }
 
-func (s *localWireSet) Err() error {
+func (s *localReplicaSet) Err() error {
 	if s.err != nil {
 		return s.err
 	}
@@ -439,7 +441,7 @@ type remoteSeries struct {
 	chunks     []byte // as in frame
 	mint, maxt int64
 	// local holds the chunks instead of chunks when they were read from
-	// local storage (localWireSet).
+	// local storage (localReplicaSet).
 	local []chunks.Meta
 }
 
