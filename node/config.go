@@ -62,6 +62,7 @@ const (
 	flagQueryMaxSamples     = "query.max-samples"
 	flagQueryMaxConcurrency = "query.max-concurrency"
 	flagLookbackDelta       = "query.lookback-delta"
+	flagQueryParallelism    = "query.parallelism"
 	flagLogLevel            = "log.level"
 	flagLogFormat           = "log.format"
 	flagVersion             = "version"
@@ -138,9 +139,12 @@ type Config struct {
 	QueryTimeout        time.Duration
 	QueryMaxSamples     int
 	QueryMaxConcurrency int
-	LookbackDelta       time.Duration
-	LogLevel            string
-	LogFormat           string
+	// QueryParallelism is how many concurrent slices an aggregation is
+	// evaluated in (query/parallel); 0 means GOMAXPROCS, 1 none.
+	QueryParallelism int
+	LookbackDelta    time.Duration
+	LogLevel         string
+	LogFormat        string
 	// MaxRequestBytes bounds the body of a request, such as a remote-write
 	// batch, before it is decompressed.
 	MaxRequestBytes int64
@@ -332,6 +336,9 @@ func (c Config) Validate() error {
 	if c.QueryMaxConcurrency <= 0 {
 		bad(flagQueryMaxConcurrency, "must be positive, got %d", c.QueryMaxConcurrency)
 	}
+	if c.QueryParallelism < 0 {
+		bad(flagQueryParallelism, "must not be negative, got %d", c.QueryParallelism)
+	}
 	if c.LookbackDelta <= 0 {
 		bad(flagLookbackDelta, "must be positive, got %s", c.LookbackDelta)
 	}
@@ -479,6 +486,8 @@ func (c *Config) flagSet() *flag.FlagSet {
 		"Maximum number of samples a single query may load into memory.")
 	fs.IntVar(&c.QueryMaxConcurrency, flagQueryMaxConcurrency, c.QueryMaxConcurrency,
 		"Maximum number of queries executed concurrently.")
+	fs.IntVar(&c.QueryParallelism, flagQueryParallelism, c.QueryParallelism,
+		"Number of concurrent slices of the series in which one query evaluates a sum, avg, min, max, count or group of a per-series expression; 0 is the number of CPUs, 1 evaluates every query on one core.")
 	fs.Var(durationValue{&c.LookbackDelta}, flagLookbackDelta,
 		"How far back PromQL looks for a sample when evaluating an instant.")
 	fs.Var(enumValue{&c.LogLevel, logLevels}, flagLogLevel,

@@ -185,6 +185,7 @@ func TestFlags(t *testing.T) {
 		"config.file":            "",
 		"query.timeout":          "2m",
 		"query.max-samples":      "50000000",
+		"query.parallelism":      "0",
 		"query.max-concurrency":  "20",
 		"query.lookback-delta":   "5m",
 		"log.level":              "info",

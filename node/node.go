@@ -178,6 +178,7 @@ func (n *Node) build() error {
 		Timeout:        n.cfg.QueryTimeout,
 		MaxSamples:     n.cfg.QueryMaxSamples,
 		MaxConcurrency: n.cfg.QueryMaxConcurrency,
+		Parallelism:    n.cfg.QueryParallelism,
 		LookbackDelta:  n.cfg.LookbackDelta,
 	}, api.Deps{
 		Queryable: n.reads,

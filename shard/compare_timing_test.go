@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -13,10 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kilnhq/kiln/query/parallel"
 	"github.com/kilnhq/kiln/shard"
 )
 
@@ -84,7 +87,7 @@ type closer interface {
 
 func openImpl(tb testing.TB, impl, dir string) closer {
 	switch impl {
-	case "kiln":
+	case "kiln", "kiln-sliced":
 		db, err := shard.Open(shard.Config{Path: dir}, prometheus.NewRegistry(), nil)
 		require.NoError(tb, err)
 		return db
@@ -216,6 +219,8 @@ var dashboardQueries = []struct {
 // node does for a dashboard's last hour: Kiln keeps HeadWindow (3 h) in
 // memory and Prometheus keeps 2-3 h in its head, so the Prometheus head is
 // queried, not a compacted block. One op is one query evaluation.
+// kiln-sliced is Kiln's query path: the same engine under query/parallel,
+// evaluating aggregations in GOMAXPROCS slices.
 func BenchmarkDashboard(b *testing.B) {
 	ss := genSeries(benchSeries)
 	const rounds = 240
@@ -227,8 +232,14 @@ func BenchmarkDashboard(b *testing.B) {
 		LookbackDelta: 5 * time.Minute,
 	})
 	defer func() { _ = engine.Close() }()
-	for _, impl := range []string{"kiln", "prometheus"} {
+	sub := promql.NewEngine(promql.EngineOpts{MaxSamples: 50e6, Timeout: time.Minute, LookbackDelta: 5 * time.Minute})
+	defer func() { _ = sub.Close() }()
+	for _, impl := range []string{"kiln", "kiln-sliced", "prometheus"} {
 		b.Run(impl, func(b *testing.B) {
+			var qe promql.QueryEngine = engine
+			if impl == "kiln-sliced" {
+				qe = parallel.New(parallel.Config{Slices: runtime.GOMAXPROCS(0)}, engine, sub, parser.NewParser(parser.Options{}), nil, nil)
+			}
 			// This function runs once per benchmark run, so the load is
 			// shared by every query below and never timed.
 			db := openImpl(b, impl, b.TempDir())
@@ -248,9 +259,9 @@ func BenchmarkDashboard(b *testing.B) {
 							err error
 						)
 						if dq.rng {
-							q, err = engine.NewRangeQuery(ctx, qa, nil, dq.expr, end.Add(-time.Hour), end, 15*time.Second)
+							q, err = qe.NewRangeQuery(ctx, qa, nil, dq.expr, end.Add(-time.Hour), end, 15*time.Second)
 						} else {
-							q, err = engine.NewInstantQuery(ctx, qa, nil, dq.expr, end)
+							q, err = qe.NewInstantQuery(ctx, qa, nil, dq.expr, end)
 						}
 						if err != nil {
 							b.Fatal(err)

@@ -182,3 +182,38 @@ func (v *memSeriesView) encode(cs []readChunk, out []chunks.Meta) ([]chunks.Meta
 	}
 	return out, it.Err()
 }
+
+// querySliceKey carries a query slice in a context.
+type querySliceKey struct{}
+
+type querySlice struct{ index, count int }
+
+// WithQuerySlice returns a context under which Select sees only the series
+// of partitions p with p % count == index: one of count disjoint slices of
+// the data, which together hold every series exactly once. A query engine
+// evaluates the slices of a per-series expression concurrently and combines
+// them (query/parallel). Other calls ignore it.
+func WithQuerySlice(ctx context.Context, index, count int) context.Context {
+	return context.WithValue(ctx, querySliceKey{}, querySlice{index: index, count: count})
+}
+
+// QuerySlice returns the partitions of the slice set by WithQuerySlice on
+// ctx, and false if there is none.
+func QuerySlice(ctx context.Context) (PartitionSet, bool) {
+	s, ok := ctx.Value(querySliceKey{}).(querySlice)
+	if !ok || s.count <= 1 {
+		return PartitionSet{}, false
+	}
+	var ps PartitionSet
+	for p := s.index; p < NumPartitions; p += s.count {
+		ps.Add(uint16(p))
+	}
+	return ps, true
+}
+
+// Intersect keeps only the partitions that are also in o.
+func (s *PartitionSet) Intersect(o *PartitionSet) {
+	for i := range s {
+		s[i] &= o[i]
+	}
+}

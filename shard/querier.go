@@ -41,8 +41,9 @@ func (q *querier) Close() error {
 	return nil
 }
 
-// matching returns the live series matching ms with data in [mint, maxt].
-func (q *querier) matching(ms []*labels.Matcher, mint, maxt int64) []*memSeries {
+// matching returns the live series matching ms with data in [mint, maxt],
+// of the partitions in parts (nil: all).
+func (q *querier) matching(ms []*labels.Matcher, mint, maxt int64, parts *PartitionSet) []*memSeries {
 	refs := q.db.index.postingsForMatchers(ms...)
 	out := make([]*memSeries, 0, len(refs))
 	q.db.refsMu.RLock()
@@ -55,7 +56,7 @@ func (q *querier) matching(ms []*labels.Matcher, mint, maxt int64) []*memSeries 
 	}
 	q.db.refsMu.RUnlock()
 	return slices.DeleteFunc(out, func(s *memSeries) bool {
-		if q.parts != nil && !q.parts.Has(s.part) {
+		if parts != nil && !parts.Has(s.part) {
 			return true
 		}
 		s.mu.Lock()
@@ -71,7 +72,14 @@ func (q *querier) Select(ctx context.Context, sortSeries bool, hints *storage.Se
 		mint, maxt = max(mint, hints.Start), min(maxt, hints.End)
 		labelsOnly = hints.Func == "series"
 	}
-	series := q.matching(ms, mint, maxt)
+	parts := q.parts
+	if slice, ok := QuerySlice(ctx); ok {
+		if parts != nil {
+			slice.Intersect(parts)
+		}
+		parts = &slice
+	}
+	series := q.matching(ms, mint, maxt, parts)
 	if sortSeries {
 		slices.SortFunc(series, func(a, b *memSeries) int { return labels.Compare(a.lset, b.lset) })
 	}
@@ -85,7 +93,7 @@ func (q *querier) Select(ctx context.Context, sortSeries bool, hints *storage.Se
 func (q *querier) LabelValues(_ context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	var refs []uint64
 	if len(ms) > 0 || q.parts != nil || q.narrowed() {
-		refs = q.refsOf(q.matching(ms, q.mint, q.maxt))
+		refs = q.refsOf(q.matching(ms, q.mint, q.maxt, q.parts))
 		if len(refs) == 0 {
 			return []string{}, nil, nil
 		}
@@ -100,7 +108,7 @@ func (q *querier) LabelValues(_ context.Context, name string, hints *storage.Lab
 func (q *querier) LabelNames(_ context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	var refs []uint64
 	if len(ms) > 0 || q.parts != nil || q.narrowed() {
-		refs = q.refsOf(q.matching(ms, q.mint, q.maxt))
+		refs = q.refsOf(q.matching(ms, q.mint, q.maxt, q.parts))
 		if len(refs) == 0 {
 			return []string{}, nil, nil
 		}
@@ -277,3 +285,6 @@ func chunkFromValue(v []byte) (chunkenc.Chunk, error) {
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ReadsQuerySlices reports that Select honours shard.WithQuerySlice.
+func (db *DB) ReadsQuerySlices() bool { return true }

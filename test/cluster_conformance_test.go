@@ -7,6 +7,9 @@ import (
 	"net"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/promql/promqltest"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
@@ -15,6 +18,7 @@ import (
 	"github.com/kilnhq/kiln/ingest/replicate"
 	"github.com/kilnhq/kiln/query/conformance"
 	"github.com/kilnhq/kiln/query/fanout"
+	"github.com/kilnhq/kiln/query/parallel"
 	"github.com/kilnhq/kiln/shard"
 )
 
@@ -116,14 +120,28 @@ func (c *inprocCluster) Close() error {
 // replicated write path, queries answered by node 1's fan-out over all
 // three. At RF=2 node 1 holds about two thirds of the partitions and reads
 // the rest from its peers; at RF=3 it reads two replicas of each partition
-// and merges them.
+// and merges them. At RF=2 the queries go through the slicing engine, as
+// the API's do, so each slice's reads are planned over the peers too.
 func TestClusterPromQLConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("conformance suite skipped in -short mode")
 	}
 	for _, rf := range []int{2, 3} {
 		t.Run(fmt.Sprintf("RF=%d", rf), func(t *testing.T) {
-			conformance.Run(t, func(t testing.TB) storage.Storage { return newInprocCluster(t, 3, rf) }, nil)
+			open := func(t testing.TB) storage.Storage { return newInprocCluster(t, 3, rf) }
+			if rf == 3 {
+				conformance.Run(t, open, nil)
+				return
+			}
+			outer := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
+			sub := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
+			reg := prometheus.NewRegistry()
+			conformance.RunEngine(t, open, nil, parallel.New(parallel.Config{Slices: 2}, outer, sub, parser.NewParser(promqltest.TestParserOpts), reg, nil))
+			mfs, err := reg.Gather()
+			require.NoError(t, err)
+			require.Equal(t, "kiln_query_slice_fallbacks_total", mfs[0].GetName())
+			require.Equal(t, "kiln_query_sliced_total", mfs[1].GetName())
+			require.Greater(t, mfs[1].GetMetric()[0].GetCounter().GetValue(), 1000.0)
 		})
 	}
 }

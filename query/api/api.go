@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -52,6 +53,9 @@ import (
 	"github.com/prometheus/prometheus/util/annotations"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"github.com/valyala/fasthttp/pprofhandler"
+
+	"github.com/kilnhq/kiln/query/parallel"
 )
 
 // Config holds the query-path flags. A zero field takes the value from
@@ -63,6 +67,10 @@ type Config struct {
 	MaxSamples     int           // --query.max-samples (default 50e6)
 	MaxConcurrency int           // --query.max-concurrency (default 20, negative: unlimited)
 	LookbackDelta  time.Duration // --query.lookback-delta (default 5m)
+	// Parallelism is how many slices of the partitions a sliceable
+	// aggregation is evaluated in, concurrently (query/parallel), when
+	// Deps.Queryable can read slices; 0 means GOMAXPROCS, 1 turns it off.
+	Parallelism int // --query.parallelism
 
 	// Remote read limits, as Prometheus's --storage.remote.read-* flags.
 	RemoteReadSampleLimit      int // default 50e6, negative: unlimited; samples responses only
@@ -77,6 +85,7 @@ func DefaultConfig() Config {
 		MaxSamples:                 50_000_000,
 		MaxConcurrency:             20,
 		LookbackDelta:              5 * time.Minute,
+		Parallelism:                runtime.GOMAXPROCS(0),
 		RemoteReadSampleLimit:      50_000_000,
 		RemoteReadConcurrencyLimit: 10,
 		RemoteReadMaxBytesInFrame:  1 << 20,
@@ -159,10 +168,13 @@ type API struct {
 	metrics *apiMetrics
 	parser  parser.Parser
 	engine  *promql.Engine
-	gate    *queryGate // nil when concurrency is unlimited
+	sub     *promql.Engine     // evaluates the slices of sliced queries; nil if none
+	queries promql.QueryEngine // engine, or a slicing engine around it
+	gate    *queryGate         // nil when concurrency is unlimited
 
 	routes      map[string]*route
 	labelValues *route // /api/v1/label/<name>/values, matched by prefix
+	pprof       *route // /debug/pprof/..., matched by prefix
 
 	// baseCtx is the parent of every request context; Close cancels it so
 	// in-flight queries stop instead of outliving the API.
@@ -226,6 +238,24 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 		Parser:               a.parser,
 	})
 
+	a.queries = a.engine
+	if sq, ok := deps.Queryable.(SliceableQueryable); ok && sq.ReadsQuerySlices() && cfg.Parallelism > 1 {
+		// Slices run inside a query the gate already admitted: their
+		// engine has no gate (and no metrics of its own).
+		sub := promql.NewEngine(promql.EngineOpts{
+			Logger:                   logger.With("component", "query engine", "slices", true),
+			MaxSamples:               cfg.MaxSamples,
+			Timeout:                  cfg.Timeout,
+			LookbackDelta:            cfg.LookbackDelta,
+			NoStepSubqueryIntervalFn: func(int64) int64 { return time.Minute.Milliseconds() },
+			EnableAtModifier:         true,
+			EnableNegativeOffset:     true,
+			Parser:                   a.parser,
+		})
+		a.sub = sub
+		a.queries = parallel.New(parallel.Config{Slices: cfg.Parallelism}, a.engine, sub, a.parser, metricsReg, logger)
+	}
+
 	remoteRead := newRemoteReadHandler(cfg, deps.Queryable, metricsReg, logger)
 
 	if creg != nil && creg.err != nil {
@@ -252,6 +282,9 @@ func withDefaults(cfg Config) Config {
 	if cfg.LookbackDelta <= 0 {
 		cfg.LookbackDelta = def.LookbackDelta
 	}
+	if cfg.Parallelism <= 0 {
+		cfg.Parallelism = runtime.GOMAXPROCS(0)
+	}
 	if cfg.RemoteReadSampleLimit == 0 {
 		cfg.RemoteReadSampleLimit = def.RemoteReadSampleLimit
 	}
@@ -267,7 +300,18 @@ func withDefaults(cfg Config) Config {
 // Close cancels in-flight requests and releases the engine.
 func (a *API) Close() error {
 	a.cancel()
+	if a.sub != nil {
+		_ = a.sub.Close()
+	}
 	return a.engine.Close()
+}
+
+// SliceableQueryable is a Queryable whose Select honours
+// shard.WithQuerySlice (Kiln's shard and its cluster fan-out); only over
+// such storage does the API evaluate aggregations in slices, as any other
+// would hand every slice all the series.
+type SliceableQueryable interface {
+	ReadsQuerySlices() bool
 }
 
 // route is one served path.
@@ -307,6 +351,9 @@ func (a *API) buildRoutes(remoteRead fasthttp.RequestHandler) {
 	api("/api/v1/status/config", get, a.serveConfig)
 	api("/api/v1/status/tsdb", get, a.serveTSDBStatus)
 	a.labelValues = &route{name: "/api/v1/label/:name/values", methods: get, gated: true, h: a.jsonHandler(a.labelValuesHandler)}
+	// Go's runtime profiles, as Prometheus serves them: how a slow query or
+	// ingest path is diagnosed on a running node without restarting it.
+	a.pprof = &route{name: "/debug/pprof", methods: getPost, h: pprofhandler.PprofHandler}
 
 	add("/api/v1/read", post, true, remoteRead)
 	add("/federate", get, true, fasthttp.CompressHandler(a.federate))
@@ -326,6 +373,9 @@ func (a *API) Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 		if !ok && bytes.HasPrefix(path, labelValuesPrefix) && bytes.HasSuffix(path, labelValuesSuffix) {
 			r, ok = a.labelValues, true
 		}
+		if !ok && bytes.HasPrefix(path, pprofPrefix) {
+			r, ok = a.pprof, true
+		}
 		if !ok {
 			next(ctx)
 			return
@@ -335,6 +385,7 @@ func (a *API) Handler(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 }
 
 var (
+	pprofPrefix       = []byte("/debug/pprof/")
 	labelValuesPrefix = []byte("/api/v1/label/")
 	labelValuesSuffix = []byte("/values")
 )

@@ -50,7 +50,7 @@ func (a *API) query(r *request) (result apiFuncResult) {
 		return badData(err)
 	}
 
-	qry, err := a.engine.NewInstantQuery(ctx, a.deps.Queryable, opts, r.formValue("query"), ts)
+	qry, err := a.queries.NewInstantQuery(ctx, a.deps.Queryable, opts, r.formValue("query"), ts)
 	if err != nil {
 		return newQueryError(err)
 	}
@@ -99,7 +99,7 @@ func (a *API) queryRange(r *request) (result apiFuncResult) {
 		return badData(err)
 	}
 
-	qry, err := a.engine.NewRangeQuery(ctx, a.deps.Queryable, opts, r.formValue("query"), start, end, step)
+	qry, err := a.queries.NewRangeQuery(ctx, a.deps.Queryable, opts, r.formValue("query"), start, end, step)
 	if err != nil {
 		return newQueryError(err)
 	}

@@ -161,6 +161,11 @@ func testMetricsEndpoint(t *testing.T, env *testEnv) {
 	status, hdr, _ := env.do(t, http.MethodGet, "/metrics", http.Header{"Accept": {string(expfmt.NewFormat(expfmt.TypeProtoDelim))}})
 	require.Equal(t, http.StatusOK, status)
 	require.Contains(t, hdr.Get("Content-Type"), "application/vnd.google.protobuf")
+
+	// Go's runtime profiles are served as by Prometheus.
+	status, _, body = env.get(t, "/debug/pprof/goroutine?debug=1")
+	require.Equal(t, http.StatusOK, status)
+	require.Contains(t, body, "goroutine profile:")
 }
 
 func testReadiness(t *testing.T, newStorage storageFactory) {

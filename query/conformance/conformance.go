@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/promqltest"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/stretchr/testify/require"
@@ -77,10 +78,15 @@ var nameRe = regexp.MustCompile(`[^A-Za-z0-9_.:-]+`)
 // knownFailures, keyed by "file:line" of the eval, are skipped with their
 // reason unless KILN_CONFORMANCE_ALL is set.
 func Run(t *testing.T, open func(testing.TB) storage.Storage, knownFailures map[string]string) {
+	RunEngine(t, open, knownFailures, promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery))
+}
+
+// RunEngine is Run with another engine than promqltest's, which it must
+// configure as promqltest.NewTestEngine does (a wrapper around one).
+func RunEngine(t *testing.T, open func(testing.TB) storage.Storage, knownFailures map[string]string, engine promql.QueryEngine) {
 	files, err := filepath.Glob(filepath.Join(TestdataDir(t), "*.test"))
 	require.NoError(t, err)
 	require.NotEmpty(t, files)
-	engine := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
 	runAll := os.Getenv("KILN_CONFORMANCE_ALL") != ""
 
 	for _, fn := range files {

@@ -92,6 +92,26 @@ func (q *Queryable) plan() *plan {
 	return p
 }
 
+// restrict narrows the plan's reads to the partitions in slice (a query
+// slice, shard.WithQuerySlice). Missing and degraded partitions are kept as
+// the whole plan has them, so every slice of a query reports the same
+// warning or error, which annotations then merge into one.
+func (p *plan) restrict(slice *shard.PartitionSet) {
+	for i := range p.sets {
+		p.sets[i].Intersect(slice)
+	}
+	if !p.localUsed {
+		return
+	}
+	if p.self >= 0 {
+		p.local = &p.sets[p.self]
+	} else {
+		s := *slice
+		p.local = &s // no ring: local storage holds everything
+	}
+	p.localUsed = p.local.Len() > 0
+}
+
 // onlyLocal reports whether the plan needs no peer.
 func (p *plan) onlyLocal() bool {
 	if p.ring == nil {

@@ -166,6 +166,9 @@ type querier struct{ base }
 
 func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
 	p := qr.q.plan()
+	if slice, ok := shard.QuerySlice(ctx); ok {
+		p.restrict(&slice)
+	}
 	if p.onlyLocal() && len(p.missing) == 0 && p.degraded == 0 {
 		// The common single-node case: the local querier, nothing added.
 		return qr.localQuerier(p.local).Select(ctx, sortSeries, hints, ms...)
@@ -606,3 +609,7 @@ func (it *chainIterator) AtFloatHistogram(fh *histogram.FloatHistogram) (int64, 
 func (it *chainIterator) AtT() int64  { return it.cur.AtT() }
 func (it *chainIterator) AtST() int64 { return it.cur.AtST() }
 func (it *chainIterator) Err() error  { return it.err }
+
+// ReadsQuerySlices reports that Select honours shard.WithQuerySlice: each
+// peer is asked for the slice's partitions only.
+func (q *Queryable) ReadsQuerySlices() bool { return true }

@@ -1,0 +1,258 @@
+// Package parallel evaluates one PromQL query on several cores.
+//
+// The Prometheus engine evaluates a query on one goroutine, so a dashboard
+// query over many series uses one core however many the node has. Most of
+// such a query's time is an aggregation (sum, avg, count, ...) over a
+// per-series expression (rate of a counter, a gauge): those give the same
+// answer when each of N disjoint slices of the series is aggregated on its
+// own and the slices' results are aggregated again. This package finds
+// those aggregations, evaluates each slice as a query of its own on its own
+// goroutine, and runs the rest of the query over the slices' results.
+//
+// Slices are sets of storage partitions (shard.WithQuerySlice): a series
+// belongs to exactly one partition, so the slices never share a series, and
+// both the local shard and the cluster fan-out narrow their reads to the
+// slice's partitions.
+//
+// The rewrite keeps text positions: the outer query is the original text
+// with each sliced aggregation's argument replaced by a synthetic selector
+// padded with spaces, and each slice's query is the aggregation's text
+// padded in front, so every annotation points into the original query.
+// Anything not recognised is left to the engine as it is: a query with no
+// sliceable aggregation, or whose rewrite does not print back to the
+// original with the selector in place, runs unchanged. An avg whose mean
+// cannot be taken exactly as the engine takes it (native histograms,
+// non-finite values) makes the query run again unsliced.
+package parallel
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/common/promslog"
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/util/stats"
+)
+
+// Config configures an Engine.
+type Config struct {
+	// Slices is how many slices a sliceable aggregation is evaluated in,
+	// concurrently; 1 or less turns slicing off. GOMAXPROCS is the natural
+	// choice: more slices than cores only add per-slice overhead.
+	Slices int
+}
+
+// Engine is a promql.QueryEngine that slices what it can and hands the rest
+// to the outer engine.
+type Engine struct {
+	cfg    Config
+	outer  promql.QueryEngine
+	sub    promql.QueryEngine
+	parser parser.Parser
+	logger *slog.Logger
+
+	sliced    prometheus.Counter
+	fallbacks prometheus.Counter
+
+	// unsliced remembers the metrics whose sums or means had to be
+	// evaluated again unsliced (native histograms, mostly), so that their
+	// next queries do not pay twice. Bounded: cleared when full.
+	mu       sync.Mutex
+	unsliced map[string]struct{}
+}
+
+// maxUnsliced bounds Engine.unsliced.
+const maxUnsliced = 4096
+
+// New returns an Engine. outer evaluates whole queries, and is where the
+// concurrency limit belongs; sub evaluates the slices of a query that
+// outer already admitted, so it must not wait for a slot of the same limit
+// (that could deadlock with every slot held by a query waiting for its
+// slices). Both must share p's parser options.
+func New(cfg Config, outer, sub promql.QueryEngine, p parser.Parser, reg prometheus.Registerer, logger *slog.Logger) *Engine {
+	if logger == nil {
+		logger = promslog.NewNopLogger()
+	}
+	f := promauto.With(reg)
+	return &Engine{
+		cfg: cfg, outer: outer, sub: sub, parser: p, logger: logger,
+		sliced: f.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_query_sliced_total",
+			Help: "Queries whose aggregations were evaluated in concurrent slices of the partitions.",
+		}),
+		fallbacks: f.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_query_slice_fallbacks_total",
+			Help: "Sliced queries evaluated again unsliced because a slice result could not be combined exactly (native histograms or non-finite values in avg).",
+		}),
+	}
+}
+
+// NewInstantQuery implements promql.QueryEngine.
+func (e *Engine) NewInstantQuery(ctx context.Context, q storage.Queryable, opts promql.QueryOpts, qs string, ts time.Time) (promql.Query, error) {
+	whole := func() (promql.Query, error) { return e.outer.NewInstantQuery(ctx, q, opts, qs, ts) }
+	pl := e.plan(qs, opts)
+	if pl == nil {
+		return whole()
+	}
+	r := &run{e: e, pl: pl, q: q, opts: opts, start: ts, end: ts}
+	oq, err := e.outer.NewInstantQuery(ctx, r, opts, pl.outer, ts)
+	if err != nil {
+		return whole()
+	}
+	return &query{cur: oq, orig: qs, run: r, whole: whole}, nil
+}
+
+// NewRangeQuery implements promql.QueryEngine.
+func (e *Engine) NewRangeQuery(ctx context.Context, q storage.Queryable, opts promql.QueryOpts, qs string, start, end time.Time, interval time.Duration) (promql.Query, error) {
+	whole := func() (promql.Query, error) { return e.outer.NewRangeQuery(ctx, q, opts, qs, start, end, interval) }
+	pl := e.plan(qs, opts)
+	if pl == nil {
+		return whole()
+	}
+	r := &run{e: e, pl: pl, q: q, opts: opts, start: start, end: end, step: interval}
+	oq, err := e.outer.NewRangeQuery(ctx, r, opts, pl.outer, start, end, interval)
+	if err != nil {
+		return whole()
+	}
+	return &query{cur: oq, orig: qs, run: r, whole: whole}, nil
+}
+
+func (e *Engine) plan(qs string, opts promql.QueryOpts) *plan {
+	if e.cfg.Slices <= 1 || (opts != nil && opts.EnablePerStepStats()) {
+		return nil
+	}
+	pl := newPlan(e.parser, qs)
+	if pl == nil {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range pl.sliced {
+		if _, ok := e.unsliced[s.metric]; ok && s.combine == inGo {
+			return nil
+		}
+	}
+	return pl
+}
+
+// remember marks the metrics of a run's inGo aggregations as not to be
+// sliced again.
+func (e *Engine) remember(pl *plan) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.unsliced == nil || len(e.unsliced) >= maxUnsliced {
+		e.unsliced = map[string]struct{}{}
+	}
+	for _, s := range pl.sliced {
+		if s.combine == inGo {
+			e.unsliced[s.metric] = struct{}{}
+		}
+	}
+}
+
+// errFallback is recorded by a slice whose result cannot be combined
+// exactly; the query then runs unsliced.
+var errFallback = errors.New("slice result cannot be combined exactly")
+
+// query is a sliced query: the outer query, or the whole query once a
+// slice asked for the fallback.
+type query struct {
+	cur   promql.Query
+	orig  string
+	run   *run
+	whole func() (promql.Query, error)
+}
+
+func (q *query) Exec(ctx context.Context) *promql.Result {
+	res := q.cur.Exec(ctx)
+	err := q.run.finish()
+	switch {
+	case errors.Is(err, errFallback):
+		q.run.e.fallbacks.Inc()
+		q.run.e.remember(q.run.pl)
+		q.cur.Close()
+		wq, werr := q.whole()
+		if werr != nil {
+			return &promql.Result{Err: werr}
+		}
+		q.cur = wq
+		return wq.Exec(ctx)
+	case err != nil && res.Err != nil:
+		// A slice failed: report its error as it is (a timeout, too
+		// many samples, a storage error), not as the outer engine
+		// wrapped it when reading the slice's series.
+		res.Err = err
+	}
+	q.run.e.sliced.Inc()
+	return res
+}
+
+func (q *query) Close()                      { q.cur.Close() }
+func (q *query) Statement() parser.Statement { return q.cur.Statement() }
+func (q *query) Cancel()                     { q.cur.Cancel() }
+func (q *query) String() string              { return q.orig }
+
+// Stats adds the slices' samples to the outer query's.
+func (q *query) Stats() *stats.Statistics {
+	st := q.cur.Stats()
+	if st != nil && st.Samples != nil && q.run.done {
+		st.Samples.TotalSamples += q.run.samples
+		st.Samples.PeakSamples = max(st.Samples.PeakSamples, q.run.peak)
+	}
+	return st
+}
+
+// run is one execution of a plan: the Queryable the outer query reads, which
+// starts a sliced aggregation's slices when the outer engine selects its
+// synthetic metric and passes every other selector to the real storage.
+type run struct {
+	e          *Engine
+	pl         *plan
+	q          storage.Queryable
+	opts       promql.QueryOpts
+	start, end time.Time
+	step       time.Duration
+
+	mu      sync.Mutex
+	started []*sliceRun // by pl.sliced index
+	done    bool
+	samples int64
+	peak    int
+}
+
+// finish waits for every started slice, closes the slice queries and
+// returns the first error a slice had.
+func (r *run) finish() error {
+	r.mu.Lock()
+	started := r.started
+	r.mu.Unlock()
+	var first error
+	for _, s := range started {
+		if s == nil {
+			continue
+		}
+		s.wg.Wait()
+		if s.err != nil {
+			first = s.err
+		}
+		for _, sr := range s.results {
+			if sr.err != nil && (first == nil || errors.Is(sr.err, errFallback)) {
+				first = sr.err
+			}
+			if sr.stats != nil && sr.stats.Samples != nil {
+				r.samples += sr.stats.Samples.TotalSamples
+				r.peak = max(r.peak, sr.stats.Samples.PeakSamples)
+			}
+		}
+		s.close()
+	}
+	r.done = true
+	return first
+}
