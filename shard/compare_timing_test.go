@@ -238,7 +238,7 @@ func BenchmarkDashboard(b *testing.B) {
 		b.Run(impl, func(b *testing.B) {
 			var qe promql.QueryEngine = engine
 			if impl == "kiln-sliced" {
-				qe = parallel.New(parallel.Config{Slices: runtime.GOMAXPROCS(0)}, engine, sub, parser.NewParser(parser.Options{}), nil, nil)
+				qe = parallel.New(parallel.Config{Slices: runtime.GOMAXPROCS(0), MaxSamples: 50e6}, engine, sub, parser.NewParser(parser.Options{}), nil, nil)
 			}
 			// This function runs once per benchmark run, so the load is
 			// shared by every query below and never timed.

@@ -242,9 +242,11 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 	if sq, ok := deps.Queryable.(SliceableQueryable); ok && sq.ReadsQuerySlices() && cfg.Parallelism > 1 {
 		// Slices run inside a query the gate already admitted: their
 		// engine has no gate (and no metrics of its own).
+		// The slices of a query share its sample limit.
+		perSlice := max(1, cfg.MaxSamples/cfg.Parallelism)
 		sub := promql.NewEngine(promql.EngineOpts{
 			Logger:                   logger.With("component", "query engine", "slices", true),
-			MaxSamples:               cfg.MaxSamples,
+			MaxSamples:               perSlice,
 			Timeout:                  cfg.Timeout,
 			LookbackDelta:            cfg.LookbackDelta,
 			NoStepSubqueryIntervalFn: func(int64) int64 { return time.Minute.Milliseconds() },
@@ -253,7 +255,7 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 			Parser:                   a.parser,
 		})
 		a.sub = sub
-		a.queries = parallel.New(parallel.Config{Slices: cfg.Parallelism}, a.engine, sub, a.parser, metricsReg, logger)
+		a.queries = parallel.New(parallel.Config{Slices: cfg.Parallelism, MaxSamples: perSlice}, a.engine, sub, a.parser, metricsReg, logger)
 	}
 
 	remoteRead := newRemoteReadHandler(cfg, deps.Queryable, metricsReg, logger)

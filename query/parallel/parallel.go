@@ -39,6 +39,8 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/util/stats"
+
+	"github.com/kilnhq/kiln/shard"
 )
 
 // Config configures an Engine.
@@ -47,6 +49,11 @@ type Config struct {
 	// concurrently; 1 or less turns slicing off. GOMAXPROCS is the natural
 	// choice: more slices than cores only add per-slice overhead.
 	Slices int
+	// MaxSamples is the sample limit of one slice (the sub engine's),
+	// which a slice evaluated without the engine (rollup) enforces itself.
+	MaxSamples int
+	// NoRollups evaluates every slice through the engine.
+	NoRollups bool
 }
 
 // Engine is a promql.QueryEngine that slices what it can and hands the rest
@@ -81,6 +88,7 @@ func New(cfg Config, outer, sub promql.QueryEngine, p parser.Parser, reg prometh
 		logger = promslog.NewNopLogger()
 	}
 	f := promauto.With(reg)
+	cfg.Slices = min(cfg.Slices, shard.NumPartitions) // more would be empty
 	return &Engine{
 		cfg: cfg, outer: outer, sub: sub, parser: p, logger: logger,
 		sliced: f.NewCounter(prometheus.CounterOpts{
@@ -164,47 +172,64 @@ var errFallback = errors.New("slice result cannot be combined exactly")
 // query is a sliced query: the outer query, or the whole query once a
 // slice asked for the fallback.
 type query struct {
+	mu    sync.Mutex // guards cur, which Exec replaces on a fallback
 	cur   promql.Query
 	orig  string
 	run   *run
 	whole func() (promql.Query, error)
+	stats bool // the slices' samples were added to cur's stats
+}
+
+func (q *query) current() promql.Query {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.cur
 }
 
 func (q *query) Exec(ctx context.Context) *promql.Result {
-	res := q.cur.Exec(ctx)
-	err := q.run.finish()
-	switch {
-	case errors.Is(err, errFallback):
+	res := q.current().Exec(ctx)
+	fallback := q.run.finish()
+	if fallback {
 		q.run.e.fallbacks.Inc()
 		q.run.e.remember(q.run.pl)
-		q.cur.Close()
 		wq, werr := q.whole()
 		if werr != nil {
 			return &promql.Result{Err: werr}
 		}
+		q.mu.Lock()
+		q.cur.Close()
 		q.cur = wq
+		q.mu.Unlock()
 		return wq.Exec(ctx)
-	case err != nil && res.Err != nil:
-		// A slice failed: report its error as it is (a timeout, too
-		// many samples, a storage error), not as the outer engine
-		// wrapped it when reading the slice's series.
-		res.Err = err
+	}
+	if res.Err != nil && q.run.readErr != nil {
+		// The outer query failed reading a slice that had failed:
+		// report the slice's error as it is (a timeout, too many
+		// samples, a storage error), not as the outer engine wrapped
+		// it. A slice cancelled because the outer query failed first
+		// was never read, so the outer error stands.
+		res.Err = q.run.readErr
 	}
 	q.run.e.sliced.Inc()
 	return res
 }
 
-func (q *query) Close()                      { q.cur.Close() }
-func (q *query) Statement() parser.Statement { return q.cur.Statement() }
-func (q *query) Cancel()                     { q.cur.Cancel() }
+func (q *query) Close()                      { q.current().Close() }
+func (q *query) Statement() parser.Statement { return q.current().Statement() }
+func (q *query) Cancel()                     { q.current().Cancel() }
 func (q *query) String() string              { return q.orig }
 
-// Stats adds the slices' samples to the outer query's.
+// Stats adds the slices' samples to the outer query's, once; a query that
+// fell back reports the unsliced run's alone.
 func (q *query) Stats() *stats.Statistics {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	st := q.cur.Stats()
-	if st != nil && st.Samples != nil && q.run.done {
+	if st != nil && st.Samples != nil && q.run.done && !q.run.fellBack && !q.stats {
+		q.stats = true
 		st.Samples.TotalSamples += q.run.samples
-		st.Samples.PeakSamples = max(st.Samples.PeakSamples, q.run.peak)
+		// The slices run at once: their peaks add up.
+		st.Samples.PeakSamples += q.run.peak
 	}
 	return st
 }
@@ -220,39 +245,39 @@ type run struct {
 	start, end time.Time
 	step       time.Duration
 
-	mu      sync.Mutex
-	started []*sliceRun // by pl.sliced index
-	done    bool
-	samples int64
-	peak    int
+	mu       sync.Mutex
+	started  []*sliceRun // by pl.sliced index
+	done     bool
+	fellBack bool
+	samples  int64
+	peak     int
+	readErr  error // the first error of a slice the outer query read
 }
 
-// finish waits for every started slice, closes the slice queries and
-// returns the first error a slice had.
-func (r *run) finish() error {
+// finish cancels what still runs of the slices (the outer query is done
+// with them), waits for them, closes their queries and reports whether
+// one asked for the fallback.
+func (r *run) finish() (fallback bool) {
 	r.mu.Lock()
 	started := r.started
 	r.mu.Unlock()
-	var first error
 	for _, s := range started {
 		if s == nil {
 			continue
 		}
+		s.cancel()
 		s.wg.Wait()
-		if s.err != nil {
-			first = s.err
-		}
+		fallback = fallback || errors.Is(s.err, errFallback)
 		for _, sr := range s.results {
-			if sr.err != nil && (first == nil || errors.Is(sr.err, errFallback)) {
-				first = sr.err
-			}
+			fallback = fallback || errors.Is(sr.err, errFallback)
+			r.samples += sr.samples
 			if sr.stats != nil && sr.stats.Samples != nil {
 				r.samples += sr.stats.Samples.TotalSamples
-				r.peak = max(r.peak, sr.stats.Samples.PeakSamples)
+				r.peak += sr.stats.Samples.PeakSamples
 			}
 		}
 		s.close()
 	}
-	r.done = true
-	return first
+	r.done, r.fellBack = true, fallback
+	return fallback
 }

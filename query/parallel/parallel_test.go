@@ -57,14 +57,17 @@ func newTestEnv(t *testing.T, maxSamples int) *testEnv {
 		inst := fmt.Sprintf("i%d", i)
 		counter := labels.FromStrings("__name__", "reqs_total", "job", job, "instance", inst)
 		gauge := labels.FromStrings("__name__", "queue", "job", job, "instance", inst)
-		gappy := labels.FromStrings("__name__", "gappy", "job", job, "instance", inst)
+		gappy := labels.FromStrings("__name__", "gappy_total", "job", job, "instance", inst)
 		for k := range 240 {
 			ts := int64(k * interval)
+			// Scrapes a little late, by up to 3 s, so that rate windows
+			// hold unevenly spaced samples.
+			jittered := ts + int64((i*7919+k*104729)%3000)
 			v := float64(k*(i%5+1)) + float64(i)
 			if k > 100 && i%11 == 0 {
 				v = float64(k - 100) // a counter reset
 			}
-			_, err := app.Append(0, counter, ts, v)
+			_, err := app.Append(0, counter, jittered, v)
 			require.NoError(t, err)
 			g := float64(i%13)*1e15 + float64(i)
 			if i%2 == 0 {
@@ -83,6 +86,15 @@ func newTestEnv(t *testing.T, maxSamples int) *testEnv {
 			}
 		}
 	}
+	// Groups of unequal size: a mean of the means of parts of a group is
+	// not the group's mean.
+	for i := range 31 {
+		ls := labels.FromStrings("__name__", "mix", "g", fmt.Sprint(i%2), "h", fmt.Sprint(i%3), "k", fmt.Sprint(i))
+		for k := range 240 {
+			_, err := app.Append(0, ls, int64(k*interval), float64(i*i+k))
+			require.NoError(t, err)
+		}
+	}
 	require.NoError(t, app.Commit())
 
 	reg := prometheus.NewRegistry()
@@ -90,7 +102,7 @@ func newTestEnv(t *testing.T, maxSamples int) *testEnv {
 	t.Cleanup(func() { _ = plain.Close(); _ = sub.Close() })
 	return &testEnv{
 		db: db, plain: plain, reg: reg,
-		sliced: parallel.New(parallel.Config{Slices: 3}, plain, sub, testParser, reg, nil),
+		sliced: parallel.New(parallel.Config{Slices: 3, MaxSamples: maxSamples}, plain, sub, testParser, reg, nil),
 		start:  time.UnixMilli(30 * 60_000), end: time.UnixMilli(59 * 60_000), interval: 15 * time.Second,
 	}
 }
@@ -123,13 +135,22 @@ func TestSlicedEqualsUnsliced(t *testing.T) {
 		`avg without (instance) (queue)`,
 		`avg(queue)`,
 		`topk(3, avg by (instance) (queue))`,
-		`count by (job) (gappy)`,
-		`sum by (job) (gappy)`,
-		`avg by (job) (gappy)`,
-		`max by (job) (gappy)`,
+		`count by (job) (gappy_total)`,
+		`sum by (job) (gappy_total)`,
+		`avg by (job) (gappy_total)`,
+		`max by (job) (gappy_total)`,
 		`min by (job) (queue)`,
-		`group by (job) (gappy)`,
+		`group by (job) (gappy_total)`,
 		`sum by (job) (rate(reqs_total{job="job1"}[5m])) / sum by (job) (rate(reqs_total[5m]))`,
+		`sum by (job) (rate(gappy_total[5m]))`,
+		`avg by (job, instance) (increase(gappy_total[1m]))`,
+		`sum by (le, job) (rate(lat_bucket[5m]))`,
+		// Groupings out of order, where label hashing needs them sorted.
+		`avg without (job, instance) (lat_bucket)`,
+		`sum without (le, instance) (rate(lat_bucket[5m]))`,
+		`avg by (le, job) (lat_bucket)`,
+		`avg without (k, h) (mix)`,
+		`avg by (h, g) (mix)`,
 		`histogram_quantile(0.9, sum by (job, le) (rate(lat_bucket[5m])))`,
 		`sum by (job) (increase(reqs_total[10m] offset 5m))`,
 		`sum by (job) (max_over_time(queue[2m]) * 2)`,
@@ -145,7 +166,7 @@ func TestSlicedEqualsUnsliced(t *testing.T) {
 				got := env.run(t, env.sliced, qs, instant)
 				require.NoError(t, want.Err)
 				require.NoError(t, got.Err)
-				requireSameValue(t, want.Value, got.Value)
+				requireSameValue(t, want.Value, got.Value, 1e-14)
 				require.Equal(t, want.Warnings.AsErrors(), got.Warnings.AsErrors())
 			})
 		}
@@ -154,7 +175,7 @@ func TestSlicedEqualsUnsliced(t *testing.T) {
 	require.Zero(t, counterValue(t, env.reg, "kiln_query_slice_fallbacks_total"))
 }
 
-func requireSameValue(t *testing.T, want, got parser.Value) {
+func requireSameValue(t *testing.T, want, got parser.Value, tolerance float64) {
 	t.Helper()
 	// Series order within a result is the engine's business; compare
 	// keyed by labels. topk's ties would be the one exception (neither
@@ -187,7 +208,31 @@ func requireSameValue(t *testing.T, want, got parser.Value) {
 			a, b := ws.Floats[i].F, gs.Floats[i].F
 			// A sum's last bits depend on the order of its terms, which
 			// already differs between two Selects of the engine itself.
-			require.True(t, a == b || math.Abs(a-b) <= 1e-14*math.Max(math.Abs(a), math.Abs(b)), "%s at %d: %v vs %v", k, ws.Floats[i].T, a, b)
+			require.True(t, math.Float64bits(a) == math.Float64bits(b) || math.Abs(a-b) <= tolerance*math.Max(math.Abs(a), math.Abs(b)), "%s at %d: %v vs %v", k, ws.Floats[i].T, a, b)
+		}
+	}
+}
+
+// TestRollupExact: rate and increase computed without the engine are the
+// engine's values to the bit (each group here holds one series, so no sum
+// reorders terms).
+func TestRollupExact(t *testing.T) {
+	env := newTestEnv(t, 50_000_000)
+	for _, qs := range []string{
+		`sum by (instance) (rate(reqs_total[5m]))`,
+		`sum by (instance) (increase(reqs_total[1m]))`,
+		`avg by (instance) (rate(reqs_total[37s]))`,
+		`sum by (instance) (rate(gappy_total[2m]))`,
+		`sum without (le) (rate(lat_bucket{le="1"}[10m]))`,
+	} {
+		for _, instant := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/instant=%v", qs, instant), func(t *testing.T) {
+				want := env.run(t, env.plain, qs, instant)
+				got := env.run(t, env.sliced, qs, instant)
+				require.NoError(t, want.Err)
+				require.NoError(t, got.Err)
+				requireSameValue(t, want.Value, got.Value, 0)
+			})
 		}
 	}
 }
@@ -216,6 +261,42 @@ func TestSliceErrors(t *testing.T) {
 	res := q.Exec(ctx)
 	var canceled promql.ErrQueryCanceled
 	require.True(t, errors.As(res.Err, &canceled) || errors.Is(res.Err, context.Canceled), "%v", res.Err)
+}
+
+// TestOuterErrorStands: when the outer query fails before it reads a
+// slice, its own error is the query's, not the cancellation of the slices
+// it leaves behind.
+func TestOuterErrorStands(t *testing.T) {
+	env := newTestEnv(t, 5000)
+	qs := `count_over_time(reqs_total[1h]) > on() group_left() sum(max_over_time(queue[30m:15s]))`
+	for range 5 {
+		want := env.run(t, env.plain, qs, true)
+		got := env.run(t, env.sliced, qs, true)
+		require.Error(t, want.Err)
+		require.Equal(t, want.Err.Error(), got.Err.Error())
+	}
+}
+
+// TestAvgOverflowFallsBack: where sums overflow (to both infinities in
+// different slices), the engine takes an incremental mean; the sliced avg
+// gives the query back to it.
+func TestAvgOverflowFallsBack(t *testing.T) {
+	env := newTestEnv(t, 50_000_000)
+	app := env.db.Appender(context.Background())
+	for i := range 64 {
+		v := 1e308
+		if i%2 == 1 {
+			v = -1e308
+		}
+		_, err := app.Append(0, labels.FromStrings("__name__", "big", "i", fmt.Sprint(i)), 59*60_000, v)
+		require.NoError(t, err)
+	}
+	require.NoError(t, app.Commit())
+	want := env.run(t, env.plain, `avg(big)`, true)
+	got := env.run(t, env.sliced, `avg(big)`, true)
+	require.NoError(t, got.Err)
+	require.Equal(t, want.Value.String(), got.Value.String())
+	require.Equal(t, 1.0, counterValue(t, env.reg, "kiln_query_slice_fallbacks_total"))
 }
 
 // TestSliceAnnotations: annotations of a slice point at the same place of

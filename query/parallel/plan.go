@@ -1,6 +1,7 @@
 package parallel
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -39,6 +40,8 @@ type sliced struct {
 	without  bool
 	// metric is the one metric the argument selects.
 	metric string
+	// rollup, when set, computes an inGo argument without the engine.
+	rollup *rollup
 }
 
 // plan is a query rewritten for slicing: outer reads each sliced
@@ -71,9 +74,13 @@ func newPlan(p parser.Parser, qs string) *plan {
 		if int(er.End-er.Start) < len(name) || er.Start < ar.Start || er.End > ar.End || int(ar.End) > len(qs) {
 			return nil // the argument is too short for any name: not worth it
 		}
-		s := &sliced{name: name, op: a.Op, grouping: a.Grouping, without: a.Without, metric: metricOf(a.Expr)}
+		// Sorted, as the label hashing of the grouping needs them.
+		grouping := slices.Clone(a.Grouping)
+		slices.Sort(grouping)
+		s := &sliced{name: name, op: a.Op, grouping: grouping, without: a.Without, metric: metricOf(a.Expr)}
 		if a.Op == parser.AVG || a.Op == parser.SUM {
 			s.combine = inGo
+			s.rollup = rollupOf(a.Expr)
 			s.sub = strings.Repeat(" ", int(er.Start)) + qs[er.Start:er.End]
 		} else {
 			s.sub = strings.Repeat(" ", int(ar.Start)) + qs[ar.Start:ar.End]

@@ -52,18 +52,20 @@ func (q *querier) Select(ctx context.Context, sortSeries bool, hints *storage.Se
 
 // sliceRun is the running evaluation of one sliced aggregation.
 type sliceRun struct {
+	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	results []sliceResult
 	err     error // set when combining: errFallback
 }
 
 type sliceResult struct {
-	qry   promql.Query
-	val   parser.Value
-	part  *partial // inGo: the slice's sums, computed on its goroutine
-	ws    annotations.Annotations
-	err   error
-	stats *stats.Statistics
+	qry     promql.Query
+	val     parser.Value
+	part    *partial // inGo: the slice's sums, computed on its goroutine
+	samples int64    // samples a rollup read (the engine's are in stats)
+	ws      annotations.Annotations
+	err     error
+	stats   *stats.Statistics
 }
 
 func (s *sliceRun) close() {
@@ -77,7 +79,8 @@ func (s *sliceRun) close() {
 func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 	sl := r.pl.sliced[i]
 	n := r.e.cfg.Slices
-	s := &sliceRun{results: make([]sliceResult, n)}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &sliceRun{results: make([]sliceResult, n), cancel: cancel}
 	r.mu.Lock()
 	if r.started == nil {
 		r.started = make([]*sliceRun, len(r.pl.sliced))
@@ -89,6 +92,11 @@ func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 		go func() {
 			defer s.wg.Done()
 			sctx := shard.WithQuerySlice(ctx, k, n)
+			sr := &s.results[k]
+			if sl.rollup != nil && !r.e.cfg.NoRollups {
+				sr.part, sr.samples, sr.err = sl.rollup.eval(sctx, r.q, sl, r.start, r.end, r.step, r.e.cfg.MaxSamples)
+				return
+			}
 			var (
 				qry promql.Query
 				err error
@@ -98,7 +106,6 @@ func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 			} else {
 				qry, err = r.e.sub.NewRangeQuery(sctx, r.q, r.opts, sl.sub, r.start, r.end, r.step)
 			}
-			sr := &s.results[k]
 			if err != nil {
 				sr.err = err
 				return
@@ -107,7 +114,7 @@ func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 			res := qry.Exec(sctx)
 			sr.val, sr.ws, sr.err = res.Value, res.Warnings, res.Err
 			sr.stats = qry.Stats()
-			if sr.err == nil && sl.combine == inGo {
+			if sr.err == nil && sl.combine == inGo && sr.part == nil {
 				var ok bool
 				if sr.part, ok = newPartial(asMatrix(sr.val), sl, r.start, r.end, r.step); !ok {
 					sr.err = errFallback
@@ -158,6 +165,11 @@ func (ss *sliceSet) load() {
 			if errors.Is(sr.err, errFallback) {
 				ss.s.err = errFallback
 			}
+			ss.r.mu.Lock()
+			if ss.r.readErr == nil {
+				ss.r.readErr = sr.err
+			}
+			ss.r.mu.Unlock()
 			return
 		}
 		ss.ws.Merge(sr.ws)
@@ -263,7 +275,16 @@ type partial struct {
 	steps       int64
 	groups      map[uint64][]*group
 	order       []*group
+	// cells counts group-steps allocated. Sums are dense per step, so a
+	// long range with many short-lived groups could take more memory than
+	// the engine would; past maxPartialCells the partial is full and the
+	// query falls back to the engine.
+	cells int64
+	full  bool
 }
+
+// maxPartialCells bounds a partial's sums: 24 bytes per cell.
+const maxPartialCells = 4 << 20
 
 type group struct {
 	lset        labels.Labels
@@ -275,10 +296,7 @@ type group struct {
 // alone), and for avg non-finite values (where the engine switches to an
 // incremental mean).
 func newPartial(m promql.Matrix, sl *sliced, start, end time.Time, step time.Duration) (*partial, bool) {
-	p := &partial{sl: sl, start: timestamp.FromTime(start), step: step.Milliseconds(), steps: 1, groups: map[uint64][]*group{}}
-	if p.step > 0 {
-		p.steps = (timestamp.FromTime(end)-p.start)/p.step + 1
-	}
+	p := newEmptyPartial(sl, start, end, step)
 	var buf []byte
 	for _, s := range m {
 		if len(s.Histograms) > 0 {
@@ -306,7 +324,15 @@ func newPartial(m promql.Matrix, sl *sliced, start, end time.Time, step time.Dur
 			g.cnt[i]++
 		}
 	}
-	return p, true
+	return p, !p.full
+}
+
+func newEmptyPartial(sl *sliced, start, end time.Time, step time.Duration) *partial {
+	p := &partial{sl: sl, start: timestamp.FromTime(start), step: step.Milliseconds(), steps: 1, groups: map[uint64][]*group{}}
+	if p.step > 0 {
+		p.steps = (timestamp.FromTime(end)-p.start)/p.step + 1
+	}
+	return p
 }
 
 // group returns the group of a series with labels ls, whose grouping key
@@ -318,6 +344,10 @@ func (p *partial) group(key uint64, ls labels.Labels) *group {
 			return g
 		}
 	}
+	if p.cells += p.steps; p.cells > maxPartialCells {
+		p.full = true
+		p.groups, p.order, p.cells = map[uint64][]*group{}, nil, 0 // keep going in constant memory
+	}
 	g := &group{lset: lset, sum: make([]float64, p.steps), c: make([]float64, p.steps), cnt: make([]float64, p.steps)}
 	p.groups[key] = append(p.groups[key], g)
 	p.order = append(p.order, g)
@@ -328,6 +358,7 @@ func (p *partial) group(key uint64, ls labels.Labels) *group {
 // and its compensation joins the compensation, so what one slice's sum
 // rounded away is still there when it cancels against another's.
 func (p *partial) merge(o *partial) {
+	p.full = p.full || o.full
 	for key, gs := range o.groups {
 		for _, og := range gs {
 			g := p.group(key, og.lset)
@@ -351,6 +382,9 @@ func (p *partial) merge(o *partial) {
 // taken as the engine takes it while its sum stays finite. It reports false
 // for a mean whose sum overflowed.
 func (p *partial) matrix() (promql.Matrix, bool) {
+	if p.full {
+		return nil, false
+	}
 	out := make(promql.Matrix, 0, len(p.order))
 	for _, g := range p.order {
 		s := promql.Series{Metric: g.lset}
@@ -360,7 +394,9 @@ func (p *partial) matrix() (promql.Matrix, bool) {
 			}
 			v := g.sum[i] + g.c[i]
 			if p.sl.op == parser.AVG {
-				if math.IsInf(g.sum[i], 0) {
+				if math.IsInf(g.sum[i], 0) || math.IsNaN(g.sum[i]) {
+					// Overflow (slices may overflow to both
+					// infinities): the engine's incremental mean.
 					return nil, false
 				}
 				v = g.sum[i]/g.cnt[i] + g.c[i]/g.cnt[i]
