@@ -255,7 +255,7 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, logger *slog.Logger) 
 			Parser:                   a.parser,
 		})
 		a.sub = sub
-		a.queries = parallel.New(parallel.Config{Slices: cfg.Parallelism, MaxSamples: perSlice}, a.engine, sub, a.parser, metricsReg, logger)
+		a.queries = parallel.New(parallel.Config{Slices: cfg.Parallelism, MaxSamples: perSlice, LookbackDelta: cfg.LookbackDelta}, a.engine, sub, a.parser, metricsReg, logger)
 	}
 
 	remoteRead := newRemoteReadHandler(cfg, deps.Queryable, metricsReg, logger)

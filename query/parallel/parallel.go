@@ -54,6 +54,9 @@ type Config struct {
 	MaxSamples int
 	// NoRollups evaluates every slice through the engine.
 	NoRollups bool
+	// LookbackDelta is the engine's default lookback delta, which a
+	// rollup of a plain selector uses unless the query sets its own.
+	LookbackDelta time.Duration
 }
 
 // Engine is a promql.QueryEngine that slices what it can and hands the rest
@@ -252,6 +255,17 @@ type run struct {
 	samples  int64
 	peak     int
 	readErr  error // the first error of a slice the outer query read
+}
+
+// lookback is the query's lookback delta.
+func (r *run) lookback() time.Duration {
+	if r.opts != nil && r.opts.LookbackDelta() > 0 {
+		return r.opts.LookbackDelta()
+	}
+	if r.e.cfg.LookbackDelta > 0 {
+		return r.e.cfg.LookbackDelta
+	}
+	return 5 * time.Minute // the engine's default
 }
 
 // finish cancels what still runs of the slices (the outer query is done

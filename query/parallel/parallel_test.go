@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
@@ -78,6 +79,12 @@ func newTestEnv(t *testing.T, maxSamples int) *testEnv {
 			for j, le := range []string{"0.1", "1", "+Inf"} {
 				b := labels.FromStrings("__name__", "lat_bucket", "job", job, "instance", inst, "le", le)
 				_, err = app.Append(0, b, ts, float64(k*(j+1)*(i%4+1)))
+				require.NoError(t, err)
+			}
+			if i%3 == 0 && k == 120 {
+				// The series ends with a stale marker, as a scrape
+				// target that disappears does.
+				_, err = app.Append(0, gappy, ts, math.Float64frombits(value.StaleNaN))
 				require.NoError(t, err)
 			}
 			if (i%3 == 0) == (k < 120) {
@@ -224,6 +231,9 @@ func TestRollupExact(t *testing.T) {
 		`avg by (instance) (rate(reqs_total[37s]))`,
 		`sum by (instance) (rate(gappy_total[2m]))`,
 		`sum without (le) (rate(lat_bucket{le="1"}[10m]))`,
+		`sum by (instance) (queue)`,
+		`avg by (instance, job) (gappy_total)`,
+		`sum by (instance) (gappy_total)`,
 	} {
 		for _, instant := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/instant=%v", qs, instant), func(t *testing.T) {
@@ -235,6 +245,16 @@ func TestRollupExact(t *testing.T) {
 			})
 		}
 	}
+	// A query's own lookback delta.
+	opts := promql.NewPrometheusQueryOpts(false, 40*time.Second)
+	qs := `sum by (instance) (gappy_total)`
+	want, err := env.plain.NewRangeQuery(context.Background(), env.db, opts, qs, env.start, env.end, env.interval)
+	require.NoError(t, err)
+	defer want.Close()
+	got, err := env.sliced.NewRangeQuery(context.Background(), env.db, opts, qs, env.start, env.end, env.interval)
+	require.NoError(t, err)
+	defer got.Close()
+	requireSameValue(t, want.Exec(context.Background()).Value, got.Exec(context.Background()).Value, 0)
 }
 
 func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {

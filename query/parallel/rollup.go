@@ -24,9 +24,10 @@ import (
 // engine's (extrapolatedRate for floats), operation for operation, so the
 // values are the same bits.
 //
-// It covers rate and increase of a plain selector (no offset, @, anchored or
-// smoothed modifier) of a metric named like a counter (_total, _sum, _count,
-// _bucket: the engine's "might not be a counter" info never applies). A
+// It covers a plain selector (no offset, @, anchored or smoothed modifier),
+// its latest sample within the lookback delta at each step, and rate and
+// increase of one that names a counter (_total, _sum, _count, _bucket: the
+// engine's "might not be a counter" info never applies). A
 // native histogram or a start timestamp in the data makes the query run
 // unsliced, through the engine (errFallback).
 type rollup struct {
@@ -34,10 +35,20 @@ type rollup struct {
 	rng      time.Duration
 	isRate   bool
 	fn       string
+	// instant: the argument is the selector itself, whose value at a step
+	// is its latest sample within the lookback delta, unless that is a
+	// stale marker.
+	instant bool
 }
 
 // rollupOf returns the rollup for an aggregation's argument e, or nil.
 func rollupOf(e parser.Expr) *rollup {
+	if vs, ok := e.(*parser.VectorSelector); ok {
+		if !plainSelector(vs) {
+			return nil
+		}
+		return &rollup{matchers: vs.LabelMatchers, instant: true}
+	}
 	call, ok := e.(*parser.Call)
 	if !ok || (call.Func.Name != "rate" && call.Func.Name != "increase") || len(call.Args) != 1 {
 		return nil
@@ -47,7 +58,7 @@ func rollupOf(e parser.Expr) *rollup {
 		return nil
 	}
 	vs, ok := ms.VectorSelector.(*parser.VectorSelector)
-	if !ok || vs.OriginalOffset != 0 || vs.Offset != 0 || vs.Timestamp != nil || vs.StartOrEnd != 0 || vs.Anchored || vs.Smoothed {
+	if !ok || !plainSelector(vs) {
 		return nil
 	}
 	name := metricOf(vs)
@@ -61,12 +72,20 @@ func rollupOf(e parser.Expr) *rollup {
 	return &rollup{matchers: vs.LabelMatchers, rng: ms.Range, isRate: call.Func.Name == "rate", fn: call.Func.Name}
 }
 
+// plainSelector reports whether vs has no modifier.
+func plainSelector(vs *parser.VectorSelector) bool {
+	return vs.OriginalOffset == 0 && vs.Offset == 0 && vs.Timestamp == nil && vs.StartOrEnd == 0 && !vs.Anchored && !vs.Smoothed
+}
+
 // eval sums the rollup's values of one slice's series into a partial. It
 // counts the samples it holds as the engine would (every series' values
 // at every step before they are aggregated) against maxSamples.
-func (ru *rollup) eval(ctx context.Context, q storage.Queryable, sl *sliced, start, end time.Time, step time.Duration, maxSamples int) (*partial, int64, error) {
+func (ru *rollup) eval(ctx context.Context, q storage.Queryable, sl *sliced, start, end time.Time, step, lookback time.Duration, maxSamples int) (*partial, int64, error) {
 	p := newEmptyPartial(sl, start, end, step)
 	startMs, endMs, rangeMs := timestamp.FromTime(start), timestamp.FromTime(end), ru.rng.Milliseconds()
+	if ru.instant {
+		rangeMs = lookback.Milliseconds() // the window is (t - lookback, t]
+	}
 	mint := startMs - rangeMs + 1
 	qr, err := q.Querier(mint, endMs)
 	if err != nil {
@@ -103,8 +122,8 @@ func (ru *rollup) eval(ctx context.Context, q storage.Queryable, sl *sliced, sta
 			if t > endMs {
 				break
 			}
-			if value.IsStaleNaN(f) {
-				continue
+			if value.IsStaleNaN(f) && !ru.instant {
+				continue // a range selector drops them; an instant one stops at them
 			}
 			n := int32(0)
 			if len(fs) > 0 {
@@ -119,7 +138,7 @@ func (ru *rollup) eval(ctx context.Context, q storage.Queryable, sl *sliced, sta
 			return nil, 0, err
 		}
 		loaded += int64(len(ts))
-		if len(ts) < 2 {
+		if len(ts) == 0 {
 			continue
 		}
 		var key uint64
@@ -138,10 +157,18 @@ func (ru *rollup) eval(ctx context.Context, q storage.Queryable, sl *sliced, sta
 			for lo < hi && ts[lo] <= stepTs-rangeMs {
 				lo++
 			}
-			if hi-lo < 2 {
-				continue
+			var v float64
+			if ru.instant {
+				if hi == lo || value.IsStaleNaN(fs[hi-1]) {
+					continue
+				}
+				v = fs[hi-1]
+			} else {
+				if hi-lo < 2 {
+					continue
+				}
+				v = ru.window(ts[lo:hi], fs[lo:hi], resets[hi-1]-resets[lo], stepTs-rangeMs, stepTs, rngSecs)
 			}
-			v := ru.window(ts[lo:hi], fs[lo:hi], resets[hi-1]-resets[lo], stepTs-rangeMs, stepTs, rngSecs)
 			if g == nil {
 				g = p.group(key, s.Labels())
 			}

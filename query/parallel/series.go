@@ -94,7 +94,7 @@ func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 			sctx := shard.WithQuerySlice(ctx, k, n)
 			sr := &s.results[k]
 			if sl.rollup != nil && !r.e.cfg.NoRollups {
-				sr.part, sr.samples, sr.err = sl.rollup.eval(sctx, r.q, sl, r.start, r.end, r.step, r.e.cfg.MaxSamples)
+				sr.part, sr.samples, sr.err = sl.rollup.eval(sctx, r.q, sl, r.start, r.end, r.step, r.lookback(), r.e.cfg.MaxSamples)
 				return
 			}
 			var (
