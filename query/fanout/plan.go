@@ -271,7 +271,18 @@ func (q *Queryable) checkMissing(ctx context.Context, missing []uint16) (annotat
 	if len(missing) == 0 {
 		return nil, nil
 	}
-	q.metrics.missing.Add(float64(len(missing)))
+	counted := len(missing)
+	if slice, ok := shard.QuerySlice(ctx); ok {
+		// Every slice of a query reports all its missing partitions
+		// (so that their warnings merge), but counts only its own.
+		counted = 0
+		for _, part := range missing {
+			if slice.Has(part) {
+				counted++
+			}
+		}
+	}
+	q.metrics.missing.Add(float64(counted))
 	err := &MissingPartitionsError{Partitions: missing}
 	if !q.partial(ctx) {
 		return nil, err

@@ -273,7 +273,7 @@ type partial struct {
 	sl          *sliced
 	start, step int64
 	steps       int64
-	groups      map[uint64][]*group
+	groups      map[uint64]*group
 	order       []*group
 	// cells counts group-steps allocated. Sums are dense per step, so a
 	// long range with many short-lived groups could take more memory than
@@ -328,7 +328,7 @@ func newPartial(m promql.Matrix, sl *sliced, start, end time.Time, step time.Dur
 }
 
 func newEmptyPartial(sl *sliced, start, end time.Time, step time.Duration) *partial {
-	p := &partial{sl: sl, start: timestamp.FromTime(start), step: step.Milliseconds(), steps: 1, groups: map[uint64][]*group{}}
+	p := &partial{sl: sl, start: timestamp.FromTime(start), step: step.Milliseconds(), steps: 1, groups: map[uint64]*group{}}
 	if p.step > 0 {
 		p.steps = (timestamp.FromTime(end)-p.start)/p.step + 1
 	}
@@ -338,18 +338,17 @@ func newEmptyPartial(sl *sliced, start, end time.Time, step time.Duration) *part
 // group returns the group of a series with labels ls, whose grouping key
 // hashes to key.
 func (p *partial) group(key uint64, ls labels.Labels) *group {
-	lset := ls.MatchLabels(!p.sl.without, p.sl.grouping...)
-	for _, g := range p.groups[key] {
-		if labels.Equal(g.lset, lset) {
-			return g
-		}
+	// Groups are told apart by the hash of their labels alone, as the
+	// engine's aggregation tells them apart.
+	if g, ok := p.groups[key]; ok {
+		return g
 	}
 	if p.cells += p.steps; p.cells > maxPartialCells {
 		p.full = true
-		p.groups, p.order, p.cells = map[uint64][]*group{}, nil, 0 // keep going in constant memory
+		p.groups, p.order, p.cells = map[uint64]*group{}, nil, 0 // keep going in constant memory
 	}
-	g := &group{lset: lset, sum: make([]float64, p.steps), c: make([]float64, p.steps), cnt: make([]float64, p.steps)}
-	p.groups[key] = append(p.groups[key], g)
+	g := &group{lset: ls.MatchLabels(!p.sl.without, p.sl.grouping...), sum: make([]float64, p.steps), c: make([]float64, p.steps), cnt: make([]float64, p.steps)}
+	p.groups[key] = g
 	p.order = append(p.order, g)
 	return g
 }
@@ -359,21 +358,19 @@ func (p *partial) group(key uint64, ls labels.Labels) *group {
 // rounded away is still there when it cancels against another's.
 func (p *partial) merge(o *partial) {
 	p.full = p.full || o.full
-	for key, gs := range o.groups {
-		for _, og := range gs {
-			g := p.group(key, og.lset)
-			for i := range og.sum {
-				if og.cnt[i] == 0 {
-					continue
-				}
-				if g.cnt[i] == 0 {
-					g.sum[i], g.c[i] = og.sum[i], og.c[i]
-				} else {
-					g.sum[i], g.c[i] = kahansum.Inc(og.sum[i], g.sum[i], g.c[i])
-					g.c[i] += og.c[i]
-				}
-				g.cnt[i] += og.cnt[i]
+	for key, og := range o.groups {
+		g := p.group(key, og.lset)
+		for i := range og.sum {
+			if og.cnt[i] == 0 {
+				continue
 			}
+			if g.cnt[i] == 0 {
+				g.sum[i], g.c[i] = og.sum[i], og.c[i]
+			} else {
+				g.sum[i], g.c[i] = kahansum.Inc(og.sum[i], g.sum[i], g.c[i])
+				g.c[i] += og.c[i]
+			}
+			g.cnt[i] += og.cnt[i]
 		}
 	}
 }
