@@ -386,7 +386,9 @@ func (c *Cluster) onState(old, cur *State) {
 	if prev.Epoch() != r.Epoch() {
 		c.logger.Info("ring epoch changed", "epoch", r.Epoch(), "members", len(cur.Members), "leaving", len(cur.Leaving),
 			"removed", len(cur.Former), "rf", r.RF(), "moving_partitions", r.MovingCount())
-		c.updateMeta(func(m *nodeMeta) { m.Epoch = r.Epoch() })
+	}
+	if prev.Epoch() != r.Epoch() || prev.MovingCount() != r.MovingCount() {
+		c.updateMeta(func(m *nodeMeta) { m.Epoch, m.Moving = r.Epoch(), r.MovingCount() })
 	}
 	select {
 	case c.ringChanged <- struct{}{}:

@@ -29,6 +29,11 @@ type nodeMeta struct {
 	// Epoch is the assignment epoch this node applied: a node fetches a
 	// partition only once every alive member routes writes by its epoch.
 	Epoch uint64 `json:"epoch,omitempty"`
+	// Moving is how many partitions were still moving in this node's
+	// ring of that epoch. Within an epoch moves only settle, so a leaving
+	// node knows a member has applied the settle that emptied it once the
+	// member gossips its epoch with no more moving than it saw.
+	Moving int `json:"moving,omitempty"`
 }
 
 func (m nodeMeta) encode() []byte {

@@ -57,14 +57,12 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	}
 	if err == nil {
 		// The entry that settled the last partition elsewhere is applied
-		// here; give the other members two intervals to apply it too, so
+		// here. Wait until every other alive member gossips that it
+		// applied it too (its epoch, with no more partitions moving), so
 		// none of them still counts this node as a settled owner when
-		// gossip reports it gone (a lagging member would see the partition
-		// one copy short for a moment).
-		select {
-		case <-ctx.Done():
-		case <-time.After(2 * c.cfg.ReconcileInterval):
-		}
+		// gossip reports it gone: a lagging member would see the
+		// partition one copy short. At least two intervals, at most 30.
+		c.awaitSettledEverywhere(ctx, c.Ring().Epoch(), c.Ring().MovingCount())
 	}
 	if r.State() == raft.Leader {
 		if lerr := r.LeadershipTransfer().Error(); lerr != nil {
@@ -78,6 +76,34 @@ func (c *Cluster) Leave(ctx context.Context) error {
 		c.logger.Info("left the cluster; no partition depends on this node")
 	}
 	return err
+}
+
+// awaitSettledEverywhere waits until every other alive member with Raft
+// state gossips epoch e with at most moving partitions moving (or a later
+// epoch), for at least two ReconcileIntervals and at most 30.
+func (c *Cluster) awaitSettledEverywhere(ctx context.Context, e uint64, moving int) {
+	start := time.Now()
+	for {
+		behind := 0
+		for _, p := range c.gossip.peerMap() {
+			if p.Name != c.cfg.NodeName && p.alive() && p.MetaErr == nil && p.Meta.HasState &&
+				(p.Meta.Epoch < e || (p.Meta.Epoch == e && p.Meta.Moving > moving)) {
+				behind++
+			}
+		}
+		waited := time.Since(start)
+		if (behind == 0 && waited >= 2*c.cfg.ReconcileInterval) || waited >= 30*c.cfg.ReconcileInterval {
+			if behind > 0 {
+				c.logger.Warn("leave: members did not gossip the settled ring; leaving anyway", "behind", behind)
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(c.cfg.ReconcileInterval / 4):
+		}
+	}
 }
 
 // leavingState reports whether this node is a member and whether it is leaving.
