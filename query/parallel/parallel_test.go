@@ -166,20 +166,31 @@ func TestSlicedEqualsUnsliced(t *testing.T) {
 		`max_over_time(sum(queue)[10m:1m])`, // not sliced: inside a subquery
 		`sum(queue + queue)`,                // not sliced: two selectors
 	}
+	notSliced := map[string]bool{queries[len(queries)-2]: true, queries[len(queries)-1]: true}
 	for _, qs := range queries {
 		for _, instant := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/instant=%v", qs, instant), func(t *testing.T) {
-				want := env.run(t, env.plain, qs, instant)
-				got := env.run(t, env.sliced, qs, instant)
-				require.NoError(t, want.Err)
-				require.NoError(t, got.Err)
-				requireSameValue(t, want.Value, got.Value, 1e-14)
+				want, got := env.compare(t, qs, instant, 1e-14, !notSliced[qs])
 				require.Equal(t, want.Warnings.AsErrors(), got.Warnings.AsErrors())
 			})
 		}
 	}
-	require.Positive(t, counterValue(t, env.reg, "kiln_query_sliced_total"))
-	require.Zero(t, counterValue(t, env.reg, "kiln_query_slice_fallbacks_total"))
+	require.Zero(t, counter(t, env.reg, "kiln_query_slice_fallbacks_total"))
+}
+
+// compare runs qs through the engine and the slicing engine, requires the
+// same result (values within tolerance, relative) and that the query was
+// sliced, or not, as expected.
+func (env *testEnv) compare(t *testing.T, qs string, instant bool, tolerance float64, sliced bool) (want, got *promql.Result) {
+	t.Helper()
+	before := counter(t, env.reg, "kiln_query_sliced_total")
+	want = env.run(t, env.plain, qs, instant)
+	got = env.run(t, env.sliced, qs, instant)
+	require.NoError(t, want.Err)
+	require.NoError(t, got.Err)
+	requireSameValue(t, want.Value, got.Value, tolerance)
+	require.Equal(t, sliced, counter(t, env.reg, "kiln_query_sliced_total") > before, "sliced")
+	return want, got
 }
 
 func requireSameValue(t *testing.T, want, got parser.Value, tolerance float64) {
@@ -237,11 +248,7 @@ func TestRollupExact(t *testing.T) {
 	} {
 		for _, instant := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/instant=%v", qs, instant), func(t *testing.T) {
-				want := env.run(t, env.plain, qs, instant)
-				got := env.run(t, env.sliced, qs, instant)
-				require.NoError(t, want.Err)
-				require.NoError(t, got.Err)
-				requireSameValue(t, want.Value, got.Value, 0)
+				env.compare(t, qs, instant, 0, true)
 			})
 		}
 	}
@@ -255,10 +262,6 @@ func TestRollupExact(t *testing.T) {
 	require.NoError(t, err)
 	defer got.Close()
 	requireSameValue(t, want.Exec(context.Background()).Value, got.Exec(context.Background()).Value, 0)
-}
-
-func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	return counter(t, reg, name)
 }
 
 // TestSliceErrors: a slice's failure is the query's, as the engine would
@@ -316,7 +319,7 @@ func TestAvgOverflowFallsBack(t *testing.T) {
 	got := env.run(t, env.sliced, `avg(big)`, true)
 	require.NoError(t, got.Err)
 	require.Equal(t, want.Value.String(), got.Value.String())
-	require.Equal(t, 1.0, counterValue(t, env.reg, "kiln_query_slice_fallbacks_total"))
+	require.Equal(t, 1.0, counter(t, env.reg, "kiln_query_slice_fallbacks_total"))
 }
 
 // TestSliceAnnotations: annotations of a slice point at the same place of
@@ -355,11 +358,11 @@ func TestSliceFallback(t *testing.T) {
 	got := env.run(t, env.sliced, qs, false)
 	require.NoError(t, got.Err)
 	require.Equal(t, want.Value.String(), got.Value.String())
-	require.Equal(t, 1.0, counterValue(t, env.reg, "kiln_query_slice_fallbacks_total"))
+	require.Equal(t, 1.0, counter(t, env.reg, "kiln_query_slice_fallbacks_total"))
 
 	env.run(t, env.sliced, qs, false)
-	require.Equal(t, 1.0, counterValue(t, env.reg, "kiln_query_slice_fallbacks_total"))
-	require.Zero(t, counterValue(t, env.reg, "kiln_query_sliced_total"))
+	require.Equal(t, 1.0, counter(t, env.reg, "kiln_query_slice_fallbacks_total"))
+	require.Zero(t, counter(t, env.reg, "kiln_query_sliced_total"))
 }
 
 var _ storage.Queryable = (*shard.DB)(nil)

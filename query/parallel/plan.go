@@ -203,7 +203,7 @@ func perSeries(e parser.Expr, selectors *int) bool {
 	switch e := e.(type) {
 	case *parser.VectorSelector:
 		*selectors++
-		return namesOneMetric(e)
+		return metricOf(e) != ""
 	case *parser.MatrixSelector:
 		return perSeries(e.VectorSelector, selectors)
 	case *parser.SubqueryExpr:
@@ -233,10 +233,6 @@ func perSeries(e parser.Expr, selectors *int) bool {
 		return true
 	}
 	return false
-}
-
-func namesOneMetric(vs *parser.VectorSelector) bool {
-	return metricOf(vs) != ""
 }
 
 // metricOf returns the metric named by the first selector in e.
