@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 )
 
@@ -24,6 +25,28 @@ func AppendChunkBytes(dst []byte, c chunkenc.Chunk) []byte {
 		return v.appendBytes(dst)
 	}
 	return append(dst, c.Bytes()...)
+}
+
+// HashChunk writes c.Bytes() to d without the copy an in-memory chunk's
+// Bytes makes; see AppendChunkBytes.
+func HashChunk(d *xxhash.Digest, c chunkenc.Chunk) {
+	v, ok := c.(*xor2View)
+	switch {
+	case !ok:
+		_, _ = d.Write(c.Bytes())
+	case len(v.b) < xor2HeaderSize:
+		_, _ = d.Write(v.b)
+	default:
+		var hdr [xor2HeaderSize]byte
+		binary.BigEndian.PutUint16(hdr[:], v.n)
+		hdr[2] = v.sthdr
+		_, _ = d.Write(hdr[:])
+		if len(v.b) > xor2HeaderSize {
+			_, _ = d.Write(v.b[xor2HeaderSize : len(v.b)-1])
+			hdr[0] = v.last
+			_, _ = d.Write(hdr[:1])
+		}
+	}
 }
 
 // ChunkSize is len(c.Bytes()), without copying an in-memory chunk.

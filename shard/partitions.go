@@ -116,10 +116,17 @@ func (s *rawChunkSet) Next() bool {
 		s.err = err
 		return false
 	}
-	s.cur = &storage.ChunkSeriesEntry{Lset: v.lset, ChunkIteratorFn: func(chunks.Iterator) chunks.Iterator {
+	s.cur = &PartitionChunkSeries{ChunkSeriesEntry: storage.ChunkSeriesEntry{Lset: v.lset, ChunkIteratorFn: func(chunks.Iterator) chunks.Iterator {
 		return storage.NewListChunkSeriesIterator(metas...)
-	}}
+	}}, Partition: v.part}
 	return true
+}
+
+// PartitionChunkSeries is a chunk series of PartitionChunkQuerier, which
+// knows its partition, so a reader need not hash its labels again.
+type PartitionChunkSeries struct {
+	storage.ChunkSeriesEntry
+	Partition uint16
 }
 
 func (s *rawChunkSet) At() storage.ChunkSeries { return s.cur }
@@ -209,6 +216,13 @@ func QuerySlice(ctx context.Context) (PartitionSet, bool) {
 		ps.Add(uint16(p))
 	}
 	return ps, true
+}
+
+// Subtract removes the partitions that are in o.
+func (s *PartitionSet) Subtract(o *PartitionSet) {
+	for i := range s {
+		s[i] &^= o[i]
+	}
 }
 
 // Intersect keeps only the partitions that are also in o.

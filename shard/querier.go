@@ -192,7 +192,7 @@ func (ss *seriesSet) Next() bool {
 		if len(chunks) == 0 {
 			continue
 		}
-		ss.cur = &memSeriesView{lset: s.lset, chunks: chunks, mint: ss.mint, maxt: ss.maxt}
+		ss.cur = &memSeriesView{lset: s.lset, chunks: chunks, mint: ss.mint, maxt: ss.maxt, part: s.part}
 		return true
 	}
 }
@@ -247,6 +247,7 @@ type memSeriesView struct {
 	lset       labels.Labels
 	chunks     []readChunk
 	mint, maxt int64
+	part       uint16
 }
 
 func (s *memSeriesView) Labels() labels.Labels { return s.lset }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/stretchr/testify/require"
@@ -203,16 +204,24 @@ func TestXOR2Checkpoints(t *testing.T) {
 	}
 }
 
-// The fan-out writes in-memory chunks with AppendChunkBytes and ChunkSize
-// instead of Bytes: they must agree with it, for the open chunk too.
+// The fan-out writes and hashes in-memory chunks with AppendChunkBytes,
+// ChunkSize and HashChunk instead of Bytes: they must agree with it, for
+// the open chunk too.
 func TestAppendChunkBytesIsBytes(t *testing.T) {
+	hashed := func(c chunkenc.Chunk) uint64 {
+		d := xxhash.New()
+		HashChunk(d, c)
+		return d.Sum64()
+	}
 	c := chunkenc.NewXOR2Chunk()
 	app, err := c.Appender()
 	require.NoError(t, err)
+	require.Equal(t, xxhash.Sum64(c.Bytes()), hashed(viewXOR2(c.Bytes())))
 	for i := range 200 {
 		app.Append(0, int64(i)*15000, float64(i*i))
 		v := viewXOR2(c.Bytes())
 		require.Equal(t, v.Bytes(), AppendChunkBytes(nil, v))
+		require.Equal(t, xxhash.Sum64(v.Bytes()), hashed(v))
 		require.Equal(t, []byte{7}, AppendChunkBytes([]byte{7}, v)[:1])
 		require.Equal(t, len(v.Bytes()), ChunkSize(v))
 		b := v.Bytes()
@@ -229,4 +238,5 @@ func TestAppendChunkBytesIsBytes(t *testing.T) {
 	require.True(t, ChunkBytesEqual(c, c.Bytes()))
 	require.Equal(t, c.Bytes(), AppendChunkBytes(nil, c))
 	require.Equal(t, len(c.Bytes()), ChunkSize(c))
+	require.Equal(t, xxhash.Sum64(c.Bytes()), hashed(c))
 }

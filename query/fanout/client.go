@@ -17,6 +17,7 @@ import (
 // Internal endpoints, under the node's /internal/v1/ prefix.
 const (
 	pathSelect      = "/internal/v1/select"
+	pathDigest      = "/internal/v1/select_digest"
 	pathLabels      = "/internal/v1/labels"
 	pathLabelValues = "/internal/v1/label_values"
 	pathMetadata    = "/internal/v1/metadata"

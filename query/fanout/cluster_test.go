@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,6 +62,9 @@ type node struct {
 	q    *Queryable
 	ln   net.Listener
 	srv  *fasthttp.Server
+	// noDigestEndpoint makes the node answer select_digest with 404, as a
+	// version without it would.
+	noDigestEndpoint atomic.Bool
 }
 
 type cluster struct {
@@ -98,7 +102,13 @@ func newCluster(t testing.TB, n, rf int, cfg Config) *cluster {
 		nd.topo = &fakeTopo{self: nd.name, r: r}
 		nd.q, err = New(cfg, nd.topo, nd.db, prometheus.NewRegistry(), nil)
 		require.NoError(t, err)
-		nd.srv = &fasthttp.Server{Handler: nd.q.Handle}
+		nd.srv = &fasthttp.Server{Handler: func(fctx *fasthttp.RequestCtx) {
+			if nd.noDigestEndpoint.Load() && string(fctx.Path()) == pathDigest {
+				fctx.Error("not found", fasthttp.StatusNotFound)
+				return
+			}
+			nd.q.Handle(fctx)
+		}}
 		go func() { _ = nd.srv.Serve(nd.ln) }()
 		t.Cleanup(func() { _ = nd.srv.Shutdown() })
 	}

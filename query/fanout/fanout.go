@@ -11,7 +11,9 @@
 // partition, then peers rotated by partition number so reads spread
 // deterministically. Partitions are grouped by node: one local querier over
 // a partition set, one request per peer. A query that touches only this node
-// makes no network call and runs on the local querier as is.
+// makes no network call and runs on the local querier as is. Peers read for
+// partitions this node also holds send a digest first (digest.go), and only
+// the partitions whose replicas differ cross the network whole.
 //
 // # Failures and partial responses
 //
@@ -123,6 +125,9 @@ type Queryable struct {
 	client  *fasthttp.Client
 	metrics *metrics
 	logger  *slog.Logger
+	// noDigests turns digest-first reads off (digest.go), for tests and
+	// benchmarks that compare with whole reads.
+	noDigests bool
 }
 
 var _ storage.SampleAndChunkQueryable = (*Queryable)(nil)
@@ -181,6 +186,7 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	errors   *prometheus.CounterVec
 	missing  prometheus.Counter
+	digests  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -204,5 +210,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "kiln_cluster_query_missing_partitions_total",
 			Help: "Partitions queries could not read from any replica, summed over queries.",
 		}),
+		digests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_cluster_fanout_digest_partitions_total",
+			Help: "Partitions of Selects whose peer replica was compared by digest with the local one, by outcome (equal: read locally; different: fetched whole and merged).",
+		}, []string{"result"}),
 	}
 }

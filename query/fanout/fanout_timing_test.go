@@ -69,7 +69,13 @@ func BenchmarkQueryNonOwnerQuorum(b *testing.B) {
 	c := newCluster(b, 4, 3, Config{Timeout: 10_000_000_000})
 	c.setOwners(b, 3, c.nodes[1:])
 	c.load(b, 400)
-	benchQueries(b, []namedQueryable{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}, {"owner-r2", c.nodes[1].q}})
+	benchQueries(b, []namedQueryable{{"local", c.nodes[1].db}, {"non-owner-r2", c.nodes[0].q}, {"owner-r2", c.nodes[1].q}, {"owner-r2-whole", wholeReads(c.nodes[2])}})
+}
+
+// wholeReads is nd's Queryable with digest-first reads off.
+func wholeReads(nd *node) *Queryable {
+	nd.q.noDigests = true
+	return nd.q
 }
 
 // BenchmarkInstantQueryOwnerQuorum is a dashboard refresh: an instant rate
@@ -84,7 +90,7 @@ func BenchmarkInstantQueryOwnerQuorum(b *testing.B) {
 	ctx := context.Background()
 	eng := newEngine()
 	at := time.UnixMilli((samples - 1) * step)
-	for _, bc := range []namedQueryable{{"local", c.nodes[1].db}, {"owner-r2", c.nodes[1].q}, {"non-owner-r2", c.nodes[0].q}} {
+	for _, bc := range []namedQueryable{{"local", c.nodes[1].db}, {"owner-r2", c.nodes[1].q}, {"owner-r2-whole", wholeReads(c.nodes[2])}, {"non-owner-r2", c.nodes[0].q}} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

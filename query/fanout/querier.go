@@ -183,6 +183,9 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 		wire = *hints
 	}
 	wire.DisableTrimming = true
+	if p.localUsed && wire.Limit == 0 && !qr.q.noDigests {
+		return qr.selectDigestFirst(ctx, p, &wire, ms, mint, maxt, sortSeries)
+	}
 	frs, ws, err := qr.selectPeers(ctx, p, &wire, ms)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
@@ -212,7 +215,7 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 		// to, a peer always sends them so) and limited already.
 		return &warnSeriesSet{SeriesSet: sets[0], ws: ws}
 	}
-	return joinReplicas(sets, sortSeries, limit, ws)
+	return joinReplicas(sets, nil, sortSeries, limit, ws)
 }
 
 // joinReplicas reads every set and groups the series by their labels (a
@@ -221,7 +224,10 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 // does not ask for them sorted, so this costs less than sorting the local
 // replica and merging the sets in label order through a heap (a fifth of
 // an instant query's time through a node at R=2). Sorted only on request.
-func joinReplicas(sets []storage.SeriesSet, sortSeries bool, limit int, ws annotations.Annotations) storage.SeriesSet {
+//
+// Series in direct need no join (one replica was enough) and are added as
+// they are.
+func joinReplicas(sets []storage.SeriesSet, direct []storage.Series, sortSeries bool, limit int, ws annotations.Annotations) storage.SeriesSet {
 	type group struct {
 		reps []storage.Series
 		next int // next group with the same hash, -1 if none
@@ -254,9 +260,9 @@ func joinReplicas(sets []storage.SeriesSet, sortSeries bool, limit int, ws annot
 		}
 		ws.Merge(set.Warnings())
 	}
-	out := make([]storage.Series, len(groups))
-	for i, g := range groups {
-		out[i] = replicaMerge(g.reps...)
+	out := slices.Grow(direct, len(groups))
+	for _, g := range groups {
+		out = append(out, replicaMerge(g.reps...))
 	}
 	if sortSeries || limit > 0 {
 		slices.SortFunc(out, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })

@@ -13,7 +13,8 @@ import (
 )
 
 // Handle serves the peer side of the read protocol: POST
-// /internal/v1/select, /labels, /label_values and /metadata, answered from
+// /internal/v1/select, /select_digest, /labels, /label_values and
+// /metadata, answered from
 // the local storage only (never fanned out again). See wire.go for the
 // format. The response is encoded in full before it is sent, so a storage
 // error is still a clean 500 and the caller can retry elsewhere.
@@ -24,7 +25,7 @@ func (q *Queryable) Handle(fctx *fasthttp.RequestCtx) {
 	}
 	path := string(fctx.Path())
 	switch path {
-	case pathSelect, pathLabels, pathLabelValues, pathMetadata:
+	case pathSelect, pathDigest, pathLabels, pathLabelValues, pathMetadata:
 	default:
 		fctx.Error("not found", fasthttp.StatusNotFound)
 		return
@@ -52,6 +53,8 @@ func (q *Queryable) Handle(fctx *fasthttp.RequestCtx) {
 	switch path {
 	case pathSelect:
 		err = q.serveSelect(ctx, req, fw)
+	case pathDigest:
+		err = q.serveDigest(ctx, req, fw)
 	case pathLabels, pathLabelValues:
 		err = q.serveLabels(ctx, req, path == pathLabels, fw)
 	case pathMetadata:

@@ -41,6 +41,8 @@ import (
 //	metadata: metric, type, unit, help strs
 //	warning:  str
 //	end:      nothing; a stream without it was cut off
+//	digest:   partition uvarint, series uvarint, sum u64 little-endian
+//	          (the answer of select_digest; see digest.go)
 //
 // Series come sorted by labels, their chunks in time order without overlap.
 // Chunks hold only samples inside the requested range unless the hints ask
@@ -58,6 +60,7 @@ const (
 	frameString
 	frameMetadata
 	frameWarning
+	frameDigest
 )
 
 // Limits on what a decoder accepts, so a corrupt message cannot make it
@@ -328,6 +331,14 @@ func (fw *frameWriter) metadata(metric string, m metadata.Metadata) error {
 	return fw.flush()
 }
 
+func (fw *frameWriter) digest(part uint16, pd partDigest) error {
+	fw.buf = append(fw.buf, frameDigest)
+	fw.buf = binary.AppendUvarint(fw.buf, uint64(part))
+	fw.buf = binary.AppendUvarint(fw.buf, pd.series)
+	fw.buf = binary.LittleEndian.AppendUint64(fw.buf, pd.sum)
+	return fw.flush()
+}
+
 func (fw *frameWriter) end() error {
 	fw.buf = append(fw.buf, frameEnd)
 	return fw.flush()
@@ -343,6 +354,8 @@ type frame struct {
 	chunks []byte
 	str    string // string, warning, metric of metadata
 	meta   metadata.Metadata
+	part   uint16 // digest
+	digest partDigest
 }
 
 // frameReader decodes response frames from a decompressed response held in
@@ -392,6 +405,16 @@ func (fr *frameReader) next() (frame, error) {
 		f.meta = metadata.Metadata{Type: model.MetricType(s[1]), Unit: s[2], Help: s[3]}
 	case frameSeries:
 		fr.series(&f)
+	case frameDigest:
+		f.part = uint16(d.uvarint(shard.NumPartitions - 1))
+		f.digest.series = d.uvarint(math.MaxUint64)
+		if d.err == nil && len(d.b) < 8 {
+			d.fail()
+		}
+		if d.err == nil {
+			f.digest.sum = binary.LittleEndian.Uint64(d.b)
+			d.b = d.b[8:]
+		}
 	default:
 		return f, fmt.Errorf("frame type %d: %w", f.typ, errMalformed)
 	}

@@ -1,0 +1,327 @@
+package fanout
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/util/annotations"
+
+	"github.com/kilnhq/kiln/cluster/ring"
+	"github.com/kilnhq/kiln/shard"
+)
+
+// Digest-first reads. When this node holds a replica of a partition that
+// the plan also reads from a peer (R ≥ 2 on an owner), the peer is first
+// asked only for a digest of what it would send: per partition, the number
+// of matching series and the sum of one hash per series over its labels
+// and the wire form of its chunks. Replicas are usually byte for byte alike
+// (owners append the same batches in the same order), so the local replica
+// alone answers the partitions whose digests agree; only those that differ
+// are fetched whole from the peer and merged sample by sample as before.
+// The peer still reads its chunks, but neither encodes nor sends them, and
+// this node neither decodes nor joins them.
+
+// partDigest summarises the series of one partition that a Select matches.
+type partDigest struct {
+	series uint64
+	sum    uint64 // of seriesDigest, modulo 2^64: independent of order
+}
+
+func (d *partDigest) add(h uint64) {
+	d.series++
+	d.sum += h
+}
+
+// seriesDigest hashes what a series frame would carry: the labels and each
+// chunk's encoding, time span and bytes. d is scratch.
+func seriesDigest(d *xxhash.Digest, ls labels.Labels, metas []chunks.Meta) uint64 {
+	d.Reset()
+	var b [25]byte
+	binary.LittleEndian.PutUint64(b[:], ls.Hash())
+	_, _ = d.Write(b[:8])
+	for _, m := range metas {
+		b[0] = byte(m.Chunk.Encoding())
+		binary.LittleEndian.PutUint64(b[1:], uint64(m.MinTime))
+		binary.LittleEndian.PutUint64(b[9:], uint64(m.MaxTime))
+		binary.LittleEndian.PutUint64(b[17:], uint64(shard.ChunkSize(m.Chunk)))
+		_, _ = d.Write(b[:])
+		shard.HashChunk(d, m.Chunk)
+	}
+	return d.Sum64()
+}
+
+// partitionOf is the partition of a series of a PartitionChunkQuerier,
+// which knows it.
+func partitionOf(s storage.ChunkSeries) uint16 {
+	if ps, ok := s.(*shard.PartitionChunkSeries); ok {
+		return ps.Partition
+	}
+	return shard.PartitionOf(s.Labels())
+}
+
+// appendMetas appends the chunks of it to dst.
+func appendMetas(dst []chunks.Meta, it chunks.Iterator) ([]chunks.Meta, error) {
+	for it.Next() {
+		dst = append(dst, it.At())
+	}
+	return dst, it.Err()
+}
+
+// serveDigest answers pathDigest: one digest frame per partition with
+// matching series, in partition order.
+func (q *Queryable) serveDigest(ctx context.Context, req *request, fw *frameWriter) error {
+	cq := q.local.PartitionChunkQuerier(req.mint, req.maxt, &req.parts)
+	defer func() { _ = cq.Close() }()
+	ss := cq.Select(ctx, false, req.hints, req.matchers...)
+	var (
+		acc   = make([]partDigest, shard.NumPartitions)
+		d     = xxhash.New()
+		metas []chunks.Meta
+		err   error
+	)
+	for ss.Next() {
+		s := ss.At()
+		if metas, err = appendMetas(metas[:0], s.Iterator(nil)); err != nil {
+			return err
+		}
+		acc[partitionOf(s)].add(seriesDigest(d, s.Labels(), metas))
+	}
+	clear(metas)
+	if err := ss.Err(); err != nil {
+		return err
+	}
+	for part, pd := range acc {
+		if pd.series > 0 {
+			if err := fw.digest(uint16(part), pd); err != nil {
+				return err
+			}
+		}
+	}
+	return writeWarnings(fw, ss.Warnings())
+}
+
+// digestResult is one peer's digest answer.
+type digestResult struct {
+	peer  string
+	parts shard.PartitionSet // asked for; those without a frame had no series
+	sums  map[uint16]partDigest
+	// unknown is set when the peer could not digest (a version without
+	// the endpoint): all its partitions are fetched whole.
+	unknown bool
+	ws      annotations.Annotations
+}
+
+func readDigests(fr *frameReader, res *digestResult) error {
+	for {
+		f, err := fr.next()
+		switch {
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return err
+		case f.typ == frameDigest:
+			if !res.parts.Has(f.part) {
+				return fmt.Errorf("digest of partition %d, not asked for: %w", f.part, errMalformed)
+			}
+			res.sums[f.part] = f.digest
+		case f.typ == frameWarning:
+			res.ws.Add(errors.New(f.str))
+		default:
+			return fmt.Errorf("unexpected frame %d: %w", f.typ, errMalformed)
+		}
+	}
+}
+
+// selectFetch reads whole series from a peer.
+func (b *base) selectFetch(hints *storage.SelectHints, ms []*labels.Matcher) fetchFunc[*frameReader] {
+	req := request{mint: b.mint, maxt: b.maxt, matchers: ms, hints: hints}
+	return func(ctx context.Context, peer ring.Member, parts *shard.PartitionSet) (*frameReader, error) {
+		r := req
+		r.parts = *parts
+		return b.q.call(ctx, peer, pathSelect, "select", &r)
+	}
+}
+
+// digestFetch reads partition digests from a peer.
+func (b *base) digestFetch(hints *storage.SelectHints, ms []*labels.Matcher) fetchFunc[*digestResult] {
+	req := request{mint: b.mint, maxt: b.maxt, matchers: ms, hints: hints}
+	return func(ctx context.Context, peer ring.Member, parts *shard.PartitionSet) (*digestResult, error) {
+		r := req
+		r.parts = *parts
+		res := &digestResult{peer: peer.Name, parts: *parts, sums: make(map[uint16]partDigest)}
+		fr, err := b.q.call(ctx, peer, pathDigest, "select_digest", &r)
+		if isBadRequest(err) {
+			// An older peer, or one that cannot digest this request:
+			// the whole read will tell which.
+			res.unknown = true
+			return res, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := readDigests(fr, res); err != nil {
+			return nil, fmt.Errorf("read from %s (%s): %w", peer.Name, peer.Addr, err)
+		}
+		return res, nil
+	}
+}
+
+// localReplica is a series of the local replica and its partition.
+type localReplica struct {
+	s    *remoteSeries
+	part uint16
+}
+
+// selectDigestFirst is Select on a plan that reads some partitions both
+// locally and from peers. Peers' partitions this node does not hold are
+// read whole, the shared ones as digests first (see above); all requests
+// go out before the local replica is read.
+func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage.SelectHints, ms []*labels.Matcher, mint, maxt int64, sortSeries bool) storage.SeriesSet {
+	localSet := p.sets[p.self]
+	whole, dig := p.clone(), p.clone()
+	dig.missing = nil
+	for i := range p.sets {
+		if i != p.self {
+			whole.sets[i].Subtract(&localSet)
+			dig.sets[i].Intersect(&localSet)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg           sync.WaitGroup
+		wholeFrs     []*frameReader
+		missing      = p.missing
+		wholeErr     error
+		digs         []*digestResult
+		digErr       error
+		localSeries  []localReplica
+		localDigests = make([]partDigest, shard.NumPartitions)
+	)
+	if !whole.onlyLocal() {
+		wg.Go(func() { wholeFrs, missing, wholeErr = fetchPeers(ctx, qr.q, whole, qr.selectFetch(wire, ms)) })
+	}
+	if !dig.onlyLocal() {
+		// Partitions no peer could digest are covered by the local
+		// replica, as in a whole read whose peer failed.
+		wg.Go(func() { digs, _, digErr = fetchPeers(ctx, qr.q, dig, qr.digestFetch(wire, ms)) })
+	}
+	cq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, &localSet)
+	qr.track(cq)
+	set := cq.Select(ctx, false, wire, ms...)
+	d := xxhash.New()
+	for set.Next() {
+		s := set.At()
+		metas, err := appendMetas(nil, s.Iterator(nil))
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return storage.ErrSeriesSet(err)
+		}
+		part := partitionOf(s)
+		localDigests[part].add(seriesDigest(d, s.Labels(), metas))
+		localSeries = append(localSeries, localReplica{s: &remoteSeries{lset: s.Labels(), mint: mint, maxt: maxt, local: metas}, part: part})
+	}
+	if err := set.Err(); err != nil {
+		cancel()
+		wg.Wait()
+		return storage.ErrSeriesSet(err)
+	}
+	wg.Wait()
+	if wholeErr != nil {
+		return storage.ErrSeriesSet(wholeErr)
+	}
+	if digErr != nil {
+		return storage.ErrSeriesSet(digErr)
+	}
+	var ws annotations.Annotations
+	ws.Merge(set.Warnings())
+
+	// Partitions whose digests differ are read whole from the peer that
+	// digested them (or, if it fails now, another owner).
+	refetch := p.clone()
+	for i := range refetch.sets {
+		if i != p.self {
+			refetch.sets[i] = shard.PartitionSet{}
+		}
+	}
+	refetch.missing = nil
+	var differ shard.PartitionSet
+	members := p.ring.Members()
+	matched, mismatched := 0, 0
+	for _, r := range digs {
+		ws.Merge(r.ws)
+		idx := memberIndex(members, r.peer)
+		for _, part := range r.parts.Partitions() {
+			if !r.unknown && r.sums[part] == localDigests[part] {
+				matched++
+				continue
+			}
+			mismatched++
+			differ.Add(part)
+			if idx >= 0 {
+				refetch.sets[idx].Add(part)
+			}
+		}
+	}
+	qr.q.metrics.digests.WithLabelValues("equal").Add(float64(matched))
+	qr.q.metrics.digests.WithLabelValues("different").Add(float64(mismatched))
+	var refetched []*frameReader
+	if !refetch.onlyLocal() {
+		var err error
+		if refetched, _, err = fetchPeers(ctx, qr.q, refetch, qr.selectFetch(wire, ms)); err != nil {
+			return storage.ErrSeriesSet(err)
+		}
+	}
+	mws, err := qr.q.checkMissing(ctx, missing)
+	if err != nil {
+		return storage.ErrSeriesSet(err)
+	}
+	ws.Merge(mws)
+	ws = p.degradedWarning(ws)
+
+	var (
+		direct []storage.Series // local series of partitions whose digests agree
+		joined []storage.Series // local series to merge with a peer's replica
+	)
+	for _, l := range localSeries {
+		if differ.Has(l.part) {
+			joined = append(joined, l.s)
+		} else {
+			direct = append(direct, l.s)
+		}
+	}
+	sets := make([]storage.SeriesSet, 0, 1+len(wholeFrs)+len(refetched))
+	if len(joined) > 0 {
+		sets = append(sets, &sliceSeriesSet{series: joined, i: -1})
+	}
+	for _, fr := range append(wholeFrs, refetched...) {
+		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}, mint: mint, maxt: maxt})
+	}
+	return joinReplicas(sets, direct, sortSeries, 0, ws)
+}
+
+func memberIndex(members []ring.Member, name string) int {
+	for i, m := range members {
+		if m.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// clone copies the plan, so that fetchPeers can add retries to its sets.
+func (p *plan) clone() *plan {
+	c := *p
+	c.sets = append([]shard.PartitionSet(nil), p.sets...)
+	return &c
+}
