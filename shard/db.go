@@ -105,6 +105,7 @@ type DB struct {
 	chunkSeq atomic.Uint64
 	walBytes atomic.Int64
 	maxTime  atomic.Int64 // newest sample timestamp seen
+	cells    cellState
 
 	flushMu  sync.Mutex // one flush at a time
 	flushReq chan struct{}
@@ -180,6 +181,9 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 		}
 		return nil, errors.Join(fmt.Errorf("load %q: %w", cfg.Path, err), bdb.Close())
 	}
+	// Cell digests did not see what was loaded.
+	db.cells.from.Store(math.MinInt64)
+	db.cells.invalidateThrough(db.maxTime.Load())
 	dur := time.Since(start)
 	db.metrics.startupSeconds.Set(dur.Seconds())
 	logger.Info("storage opened", "path", cfg.Path, "duration", dur, "series", stats.series,
@@ -395,6 +399,9 @@ func (db *DB) commitDurable(a *appender) error {
 	apply := func(s *memSeries, sm sample) {
 		s.mu.Lock()
 		ok, err := s.append(sm, db.newChunkSeq)
+		if ok && !s.deleted {
+			db.cells.add(s, sm)
+		}
 		s.mu.Unlock()
 		switch {
 		case err != nil:

@@ -158,6 +158,7 @@ func (db *DB) applyRetention(ctx context.Context) error {
 	}
 	cutoff := db.minValidTime()
 	start := time.Now()
+	db.cells.invalidateThrough(cutoff - 1) // before anything is deleted
 
 	// Memory first: chunks and series that end before the cutoff.
 	var dead []*memSeries

@@ -218,6 +218,13 @@ func QuerySlice(ctx context.Context) (PartitionSet, bool) {
 	return ps, true
 }
 
+// Union adds the partitions that are in o.
+func (s *PartitionSet) Union(o *PartitionSet) {
+	for i := range s {
+		s[i] |= o[i]
+	}
+}
+
 // Subtract removes the partitions that are in o.
 func (s *PartitionSet) Subtract(o *PartitionSet) {
 	for i := range s {

@@ -75,6 +75,8 @@ type memSeries struct {
 	ref  uint64
 	part uint16
 	lset labels.Labels
+	// stableHash is labels.StableHash(lset), the seed of cell digests.
+	stableHash uint64
 	// saved is set once the series record is durable; until then every
 	// commit that references the series writes the record too.
 	saved atomic.Bool
@@ -96,7 +98,7 @@ type memSeries struct {
 
 func newMemSeries(ref uint64, part uint16, ls labels.Labels) *memSeries {
 	return &memSeries{
-		ref: ref, part: part, lset: ls,
+		ref: ref, part: part, lset: ls, stableHash: labels.StableHash(ls),
 		lastT: math.MinInt64, diskMaxT: math.MinInt64,
 		minT: math.MaxInt64, maxT: math.MinInt64,
 	}

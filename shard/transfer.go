@@ -956,6 +956,7 @@ func (db *DB) DropPartition(ctx context.Context, p uint16) error {
 	// its record and applying it.
 	db.flushMu.Lock()
 	db.commitMu.Lock()
+	db.cells.drop(p)
 	series := db.partitionSeries(p)
 	for _, s := range series {
 		s.mu.Lock()

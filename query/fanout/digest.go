@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
@@ -75,10 +76,34 @@ func appendMetas(dst []chunks.Meta, it chunks.Iterator) ([]chunks.Meta, error) {
 	return dst, it.Err()
 }
 
-// serveDigest answers pathDigest: one digest frame per partition with
-// matching series, in partition order.
+// serveDigest answers pathDigest: first the partitions whose cell digests
+// equal the asking node's (a same frame), then one digest frame per other
+// partition with matching series, in partition order.
 func (q *Queryable) serveDigest(ctx context.Context, req *request, fw *frameWriter) error {
-	cq := q.local.PartitionChunkQuerier(req.mint, req.maxt, &req.parts)
+	var (
+		same shard.PartitionSet
+		buf  []shard.CellDigest
+		ok   bool
+	)
+	for _, pc := range req.cells {
+		if !req.parts.Has(pc.part) {
+			continue
+		}
+		if buf, ok = q.local.PartitionCells(pc.part, req.mint, req.maxt, buf[:0]); ok && slices.Equal(buf, pc.cells) {
+			same.Add(pc.part)
+		}
+	}
+	if same.Len() > 0 {
+		if err := fw.same(&same); err != nil {
+			return err
+		}
+	}
+	rest := req.parts
+	rest.Subtract(&same)
+	if rest.Len() == 0 {
+		return nil
+	}
+	cq := q.local.PartitionChunkQuerier(req.mint, req.maxt, &rest)
 	defer func() { _ = cq.Close() }()
 	ss := cq.Select(ctx, false, req.hints, req.matchers...)
 	var (
@@ -112,7 +137,10 @@ func (q *Queryable) serveDigest(ctx context.Context, req *request, fw *frameWrit
 type digestResult struct {
 	peer  string
 	parts shard.PartitionSet // asked for; those without a frame had no series
-	sums  map[uint16]partDigest
+	// same holds the partitions whose cell digests were equal: nothing
+	// else to compare.
+	same shard.PartitionSet
+	sums map[uint16]partDigest
 	// unknown is set when the peer could not digest (a version without
 	// the endpoint): all its partitions are fetched whole.
 	unknown bool
@@ -127,8 +155,15 @@ func readDigests(fr *frameReader, res *digestResult) error {
 			return nil
 		case err != nil:
 			return err
+		case f.typ == frameSame:
+			ps := f.parts
+			ps.Subtract(&res.parts)
+			if ps.Len() > 0 {
+				return fmt.Errorf("cells of partitions not asked for: %w", errMalformed)
+			}
+			res.same = f.parts
 		case f.typ == frameDigest:
-			if !res.parts.Has(f.part) {
+			if !res.parts.Has(f.part) || res.same.Has(f.part) {
 				return fmt.Errorf("digest of partition %d, not asked for: %w", f.part, errMalformed)
 			}
 			res.sums[f.part] = f.digest
@@ -150,12 +185,21 @@ func (b *base) selectFetch(hints *storage.SelectHints, ms []*labels.Matcher) fet
 	}
 }
 
-// digestFetch reads partition digests from a peer.
+// digestFetch reads partition digests from a peer, sending this node's
+// cell digests of the same partitions.
 func (b *base) digestFetch(hints *storage.SelectHints, ms []*labels.Matcher) fetchFunc[*digestResult] {
 	req := request{mint: b.mint, maxt: b.maxt, matchers: ms, hints: hints}
 	return func(ctx context.Context, peer ring.Member, parts *shard.PartitionSet) (*digestResult, error) {
 		r := req
 		r.parts = *parts
+		var all []shard.CellDigest
+		for _, part := range parts.Partitions() {
+			n := len(all)
+			var ok bool
+			if all, ok = b.q.local.PartitionCells(part, b.mint, b.maxt, all); ok {
+				r.cells = append(r.cells, partCells{part: part, cells: all[n:len(all):len(all)]})
+			}
+		}
 		res := &digestResult{peer: peer.Name, parts: *parts, sums: make(map[uint16]partDigest)}
 		fr, err := b.q.call(ctx, peer, pathDigest, "select_digest", &r)
 		if isBadRequest(err) {
@@ -198,14 +242,13 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		wg           sync.WaitGroup
-		wholeFrs     []*frameReader
-		missing      = p.missing
-		wholeErr     error
-		digs         []*digestResult
-		digErr       error
-		localSeries  []localReplica
-		localDigests = make([]partDigest, shard.NumPartitions)
+		wg          sync.WaitGroup
+		wholeFrs    []*frameReader
+		missing     = p.missing
+		wholeErr    error
+		digs        []*digestResult
+		digErr      error
+		localSeries []localReplica
 	)
 	if !whole.onlyLocal() {
 		wg.Go(func() { wholeFrs, missing, wholeErr = fetchPeers(ctx, qr.q, whole, qr.selectFetch(wire, ms)) })
@@ -218,7 +261,6 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 	cq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, &localSet)
 	qr.track(cq)
 	set := cq.Select(ctx, false, wire, ms...)
-	d := xxhash.New()
 	for set.Next() {
 		s := set.At()
 		metas, err := appendMetas(nil, s.Iterator(nil))
@@ -227,9 +269,7 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 			wg.Wait()
 			return storage.ErrSeriesSet(err)
 		}
-		part := partitionOf(s)
-		localDigests[part].add(seriesDigest(d, s.Labels(), metas))
-		localSeries = append(localSeries, localReplica{s: &remoteSeries{lset: s.Labels(), mint: mint, maxt: maxt, local: metas}, part: part})
+		localSeries = append(localSeries, localReplica{s: &remoteSeries{lset: s.Labels(), mint: mint, maxt: maxt, local: metas}, part: partitionOf(s)})
 	}
 	if err := set.Err(); err != nil {
 		cancel()
@@ -255,13 +295,35 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 		}
 	}
 	refetch.missing = nil
+	// The local replica's digests, of the partitions whose cells differed.
+	var toHash shard.PartitionSet
+	for _, r := range digs {
+		if !r.unknown {
+			ps := r.parts
+			ps.Subtract(&r.same)
+			toHash.Union(&ps)
+		}
+	}
+	localDigests := make([]partDigest, shard.NumPartitions)
+	if toHash.Len() > 0 {
+		d := xxhash.New()
+		for _, l := range localSeries {
+			if toHash.Has(l.part) {
+				localDigests[l.part].add(seriesDigest(d, l.s.lset, l.s.local))
+			}
+		}
+	}
 	var differ shard.PartitionSet
 	members := p.ring.Members()
-	matched, mismatched := 0, 0
+	cellsEqual, matched, mismatched := 0, 0, 0
 	for _, r := range digs {
 		ws.Merge(r.ws)
 		idx := memberIndex(members, r.peer)
 		for _, part := range r.parts.Partitions() {
+			if !r.unknown && r.same.Has(part) {
+				cellsEqual++
+				continue
+			}
 			if !r.unknown && r.sums[part] == localDigests[part] {
 				matched++
 				continue
@@ -273,6 +335,7 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 			}
 		}
 	}
+	qr.q.metrics.digests.WithLabelValues("cells_equal").Add(float64(cellsEqual))
 	qr.q.metrics.digests.WithLabelValues("equal").Add(float64(matched))
 	qr.q.metrics.digests.WithLabelValues("different").Add(float64(mismatched))
 	var refetched []*frameReader

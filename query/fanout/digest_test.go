@@ -13,9 +13,11 @@ import (
 	"github.com/kilnhq/kiln/shard"
 )
 
-// digestCounts returns node nd's digest comparisons so far.
-func digestCounts(nd *node) (equal, different float64) {
-	return testutil.ToFloat64(nd.q.metrics.digests.WithLabelValues("equal")),
+// digestCounts returns node nd's replica comparisons so far: partitions
+// whose cells agreed, whose Select digests agreed, and that differed.
+func digestCounts(nd *node) (cells, equal, different float64) {
+	return testutil.ToFloat64(nd.q.metrics.digests.WithLabelValues("cells_equal")),
+		testutil.ToFloat64(nd.q.metrics.digests.WithLabelValues("equal")),
 		testutil.ToFloat64(nd.q.metrics.digests.WithLabelValues("different"))
 }
 
@@ -33,7 +35,9 @@ func appendTo(t *testing.T, ls labels.Labels, ts int64, v float64, dbs ...*shard
 // Replicas that differ, each difference on a write quorum (2 of 3) as an
 // acknowledged write is: through every node the answer is the union, so
 // the partitions whose digests differ were fetched whole and merged, and
-// the others were read from the local replica alone.
+// the others were read from the local replica alone: most on their cells,
+// those whose cells differ but not in the selected series on the Select's
+// digests.
 func TestDigestReadsMergeDivergentReplicas(t *testing.T) {
 	c := newCluster(t, 3, 3, Config{Timeout: 10 * time.Second})
 	c.load(t, 60)
@@ -46,7 +50,8 @@ func TestDigestReadsMergeDivergentReplicas(t *testing.T) {
 
 	for _, nd := range c.nodes {
 		requireSameAsReference(t, c, nd.q)
-		equal, different := digestCounts(nd)
+		cells, equal, different := digestCounts(nd)
+		require.Positive(t, cells, nd.name)
 		require.Positive(t, equal, nd.name)
 		require.Positive(t, different, nd.name)
 	}
@@ -61,24 +66,27 @@ func TestDigestReadsFromPeerWithoutDigests(t *testing.T) {
 	}
 	c.load(t, 40)
 	requireSameAsReference(t, c, c.nodes[0].q)
-	equal, different := digestCounts(c.nodes[0])
+	cells, equal, different := digestCounts(c.nodes[0])
+	require.Zero(t, cells)
 	require.Zero(t, equal)
 	require.Positive(t, different)
 }
 
-// Digests agree on identical replicas, and whole reads give the same
+// Cells agree on identical replicas, and whole reads give the same
 // answers as digest-first reads.
 func TestDigestReadsEqualWholeReads(t *testing.T) {
 	c := newCluster(t, 3, 3, Config{Timeout: 10 * time.Second})
 	c.load(t, 40)
 	nd := c.nodes[0]
 	requireSameAsReference(t, c, nd.q)
-	equal, different := digestCounts(nd)
-	require.Positive(t, equal)
+	cells, equal, different := digestCounts(nd)
+	require.Positive(t, cells)
+	require.Zero(t, equal)
 	require.Zero(t, different)
 	nd.q.noDigests = true
 	requireSameAsReference(t, c, nd.q)
-	require.Equal(t, equal, testutil.ToFloat64(nd.q.metrics.digests.WithLabelValues("equal")))
+	again, _, _ := digestCounts(nd)
+	require.Equal(t, cells, again)
 }
 
 func TestDigestFrameRoundTrip(t *testing.T) {

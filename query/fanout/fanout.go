@@ -56,6 +56,9 @@ type Local interface {
 	PartitionQuerier(mint, maxt int64, parts *shard.PartitionSet) storage.Querier
 	PartitionChunkQuerier(mint, maxt int64, parts *shard.PartitionSet) storage.ChunkQuerier
 	Metadata(ctx context.Context, metric string, limit, limitPerMetric int) (map[string][]metadata.Metadata, error)
+	// PartitionCells appends partition p's cell digests over [mint, maxt]
+	// to dst; false when they are not valid (shard/cells.go).
+	PartitionCells(p uint16, mint, maxt int64, dst []shard.CellDigest) ([]shard.CellDigest, bool)
 }
 
 // Config configures the fan-out.
@@ -212,7 +215,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		digests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "kiln_cluster_fanout_digest_partitions_total",
-			Help: "Partitions of Selects whose peer replica was compared by digest with the local one, by outcome (equal: read locally; different: fetched whole and merged).",
+			Help: "Partitions of Selects whose peer replica was compared with the local one, by outcome (cells_equal: cell digests agreed, read locally; equal: the Select's digests agreed, read locally; different: fetched whole and merged).",
 		}, []string{"result"}),
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kilnhq/kiln/shard"
 )
 
 func TestRequestRoundTrip(t *testing.T) {
@@ -23,6 +25,11 @@ func TestRequestRoundTrip(t *testing.T) {
 	r.parts.Add(1023)
 	got, err := unmarshalRequest(r.marshal())
 	require.NoError(t, err)
+	require.Nil(t, got.cells)
+	r.cells = []partCells{{part: 1023, cells: []shard.CellDigest{{Samples: 1, Sum: 1<<64 - 1}, {}}}, {part: 3, cells: []shard.CellDigest{{Samples: 7, Sum: 9}}}}
+	got, err = unmarshalRequest(r.marshal())
+	require.NoError(t, err)
+	require.Equal(t, r.cells, got.cells)
 	require.Equal(t, r.parts, got.parts)
 	require.Equal(t, r.hints, got.hints)
 	require.Equal(t, r.name, got.name)
@@ -65,6 +72,10 @@ func responseSeed(t testing.TB) []byte {
 	require.NoError(t, fw.str(frameString, "job"))
 	require.NoError(t, fw.metadata("up", metadata.Metadata{Type: model.MetricTypeGauge, Help: "h"}))
 	require.NoError(t, fw.str(frameWarning, "careful"))
+	var ps shard.PartitionSet
+	ps.Add(5)
+	require.NoError(t, fw.same(&ps))
+	require.NoError(t, fw.digest(5, partDigest{series: 2, sum: 3}))
 	require.NoError(t, fw.end())
 	return buf.Bytes()
 }
@@ -79,7 +90,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	require.Equal(t, chunkenc.ValFloat, it.Seek(15))
 	ts, v := it.At()
 	require.Equal(t, []any{int64(20), 2.0}, []any{ts, v})
-	for _, typ := range []byte{frameString, frameMetadata, frameWarning} {
+	for _, typ := range []byte{frameString, frameMetadata, frameWarning, frameSame, frameDigest} {
 		f, err = fr.next()
 		require.NoError(t, err)
 		require.Equal(t, typ, f.typ)

@@ -30,8 +30,12 @@ import (
 //	hints byte (0 none, 1 present) · [start, end, step, range varint ·
 //	limit uvarint · func str · by byte · grouping count uvarint, strs ·
 //	shard index, shard count uvarint · disable-trimming byte] ·
-//	name str (label name or metric) · limit uvarint · limit-per-metric uvarint
+//	name str (label name or metric) · limit uvarint · limit-per-metric uvarint ·
+//	[cells: entry count uvarint · per entry: partition uvarint, cell count
+//	uvarint, per cell: samples uvarint, sum u64 little-endian]
 //
+// The cells section (select_digest only; see digest.go) is left out when
+// empty, so other requests decode on nodes that do not know it.
 // where str is a uvarint length and the bytes. A response (status 200) is a
 // snappy-framed stream of frames, each a type byte and its fields:
 //
@@ -42,7 +46,8 @@ import (
 //	warning:  str
 //	end:      nothing; a stream without it was cut off
 //	digest:   partition uvarint, series uvarint, sum u64 little-endian
-//	          (the answer of select_digest; see digest.go)
+//	same:     partition bitmap (16 × u64 little-endian)
+//	          (digest and same answer select_digest; see digest.go)
 //
 // Series come sorted by labels, their chunks in time order without overlap.
 // Chunks hold only samples inside the requested range unless the hints ask
@@ -61,6 +66,7 @@ const (
 	frameMetadata
 	frameWarning
 	frameDigest
+	frameSame
 )
 
 // Limits on what a decoder accepts, so a corrupt message cannot make it
@@ -73,6 +79,8 @@ const (
 	maxGrouping   = 1 << 12
 	maxTimeoutMS  = 1 << 40
 	maxHintLimits = math.MaxInt32
+	// maxCellsPerPart is more than shard.PartitionCells answers.
+	maxCellsPerPart = 1 << 12
 )
 
 var errMalformed = errors.New("malformed message")
@@ -87,6 +95,13 @@ type request struct {
 	name           string // label name (label_values) or metric (metadata)
 	limit          int
 	limitPerMetric int
+	cells          []partCells // the asking node's cell digests (select_digest)
+}
+
+// partCells are one partition's cell digests over the request's range.
+type partCells struct {
+	part  uint16
+	cells []shard.CellDigest
 }
 
 func appendStr(b []byte, s string) []byte {
@@ -138,6 +153,17 @@ func (r *request) marshal() []byte {
 	b = appendStr(b, r.name)
 	b = binary.AppendUvarint(b, uint64(max(r.limit, 0)))
 	b = binary.AppendUvarint(b, uint64(max(r.limitPerMetric, 0)))
+	if len(r.cells) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(r.cells)))
+		for _, pc := range r.cells {
+			b = binary.AppendUvarint(b, uint64(pc.part))
+			b = binary.AppendUvarint(b, uint64(len(pc.cells)))
+			for _, c := range pc.cells {
+				b = binary.AppendUvarint(b, c.Samples)
+				b = binary.LittleEndian.AppendUint64(b, c.Sum)
+			}
+		}
+	}
 	return b
 }
 
@@ -260,6 +286,29 @@ func unmarshalRequest(b []byte) (*request, error) {
 	r.limit = int(d.uvarint(maxHintLimits))
 	r.limitPerMetric = int(d.uvarint(maxHintLimits))
 	if d.err == nil && len(d.b) > 0 {
+		n := d.uvarint(shard.NumPartitions)
+		for range n {
+			pc := partCells{part: uint16(d.uvarint(shard.NumPartitions - 1))}
+			k := d.uvarint(maxCellsPerPart)
+			for range k {
+				c := shard.CellDigest{Samples: d.uvarint(math.MaxUint64)}
+				if d.err == nil && len(d.b) < 8 {
+					d.fail()
+				}
+				if d.err != nil {
+					return nil, d.err
+				}
+				c.Sum = binary.LittleEndian.Uint64(d.b)
+				d.b = d.b[8:]
+				pc.cells = append(pc.cells, c)
+			}
+			if d.err != nil {
+				return nil, d.err
+			}
+			r.cells = append(r.cells, pc)
+		}
+	}
+	if d.err == nil && len(d.b) > 0 {
 		d.fail()
 	}
 	if d.err != nil {
@@ -339,6 +388,14 @@ func (fw *frameWriter) digest(part uint16, pd partDigest) error {
 	return fw.flush()
 }
 
+func (fw *frameWriter) same(ps *shard.PartitionSet) error {
+	fw.buf = append(fw.buf, frameSame)
+	for _, w := range ps {
+		fw.buf = binary.LittleEndian.AppendUint64(fw.buf, w)
+	}
+	return fw.flush()
+}
+
 func (fw *frameWriter) end() error {
 	fw.buf = append(fw.buf, frameEnd)
 	return fw.flush()
@@ -356,6 +413,7 @@ type frame struct {
 	meta   metadata.Metadata
 	part   uint16 // digest
 	digest partDigest
+	parts  shard.PartitionSet // same
 }
 
 // frameReader decodes response frames from a decompressed response held in
@@ -405,6 +463,15 @@ func (fr *frameReader) next() (frame, error) {
 		f.meta = metadata.Metadata{Type: model.MetricType(s[1]), Unit: s[2], Help: s[3]}
 	case frameSeries:
 		fr.series(&f)
+	case frameSame:
+		if len(d.b) < 8*len(f.parts) {
+			d.fail()
+			break
+		}
+		for i := range f.parts {
+			f.parts[i] = binary.LittleEndian.Uint64(d.b)
+			d.b = d.b[8:]
+		}
 	case frameDigest:
 		f.part = uint16(d.uvarint(shard.NumPartitions - 1))
 		f.digest.series = d.uvarint(math.MaxUint64)

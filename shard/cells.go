@@ -1,0 +1,159 @@
+package shard
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Cell digests: for every partition and every two-hour cell of time, the
+// number of samples the partition holds in the cell and the sum, modulo
+// 2^64, of one hash per sample over its series' labels, timestamp and value
+// bits. Commits add to them as they apply, so they cost a few nanoseconds
+// per sample and nothing to read. A sum does not depend on the order
+// samples arrived in, nor on how they were cut into chunks: two replicas
+// holding the same samples have equal cells, and the query fan-out then
+// reads the local replica alone without asking the peer to read anything.
+//
+// A cell is only valid while it has seen every sample of its data. So cells
+// are not valid:
+//   - for time before the newest sample at start-up (data loaded from disk
+//     and replayed was not counted);
+//   - up to the retention cutoff once retention has run (it deletes samples
+//     without subtracting them; it raises the bound before deleting);
+//   - for a partition dropped from this node, until restart.
+//
+// A sample counted twice (a retried write of an old sample that the
+// duplicate check, which sees only the newest samples, missed) makes cells
+// differ where data does not: the reader then compares data instead, so
+// this costs speed, never correctness.
+
+// CellWidth is the span of time one cell digest covers, in milliseconds.
+const CellWidth = 2 * 60 * 60 * 1000
+
+// maxCells bounds a PartitionCells answer (about 83 days).
+const maxCells = 1000
+
+// CellDigest summarises the samples of one partition in one cell.
+type CellDigest struct {
+	Samples uint64
+	Sum     uint64
+}
+
+// cellOf is the index of the cell holding t.
+func cellOf(t int64) int64 {
+	c := t / CellWidth
+	if t < 0 && t%CellWidth != 0 {
+		c--
+	}
+	return c
+}
+
+type partCells struct {
+	mu      sync.Mutex
+	cells   map[int64]CellDigest
+	dropped bool
+}
+
+// cellState is the DB's cell digests.
+type cellState struct {
+	parts [NumPartitions]partCells
+	// from is the first cell index that may be valid. It only grows.
+	from atomic.Int64
+}
+
+// invalidateThrough makes every cell up to and including the one holding
+// t invalid for good.
+func (cs *cellState) invalidateThrough(t int64) {
+	if t == math.MinInt64 {
+		return
+	}
+	from := cellOf(t) + 1
+	for {
+		cur := cs.from.Load()
+		if from <= cur || cs.from.CompareAndSwap(cur, from) {
+			break
+		}
+	}
+	for i := range cs.parts {
+		pc := &cs.parts[i]
+		pc.mu.Lock()
+		for c := range pc.cells {
+			if c < from {
+				delete(pc.cells, c)
+			}
+		}
+		pc.mu.Unlock()
+	}
+}
+
+// drop makes partition p's cells invalid until restart: its data was
+// removed without being subtracted.
+func (cs *cellState) drop(p uint16) {
+	pc := &cs.parts[p]
+	pc.mu.Lock()
+	pc.dropped = true
+	pc.cells = nil
+	pc.mu.Unlock()
+}
+
+// add counts one sample of series s, which the caller has just appended.
+func (cs *cellState) add(s *memSeries, sm sample) {
+	c := cellOf(sm.t)
+	if c < cs.from.Load() {
+		return // never read
+	}
+	h := sampleHash(s.stableHash, sm)
+	pc := &cs.parts[s.part]
+	pc.mu.Lock()
+	if pc.cells == nil {
+		pc.cells = map[int64]CellDigest{}
+	}
+	d := pc.cells[c]
+	d.Samples++
+	d.Sum += h
+	pc.cells[c] = d
+	pc.mu.Unlock()
+}
+
+// sampleHash hashes a sample of the series whose labels' StableHash is
+// seed: floats by their bits, histograms by appendSampleBits, so that chunk
+// layouts do not matter.
+func sampleHash(seed uint64, sm sample) uint64 {
+	var x uint64
+	if sm.h == nil && sm.fh == nil {
+		x = mix64(mix64(uint64(sm.t)^0x9e3779b97f4a7c15) ^ math.Float64bits(sm.f))
+	} else {
+		var buf [256]byte
+		x = mix64(xxhash.Sum64(appendSampleBits(buf[:0], sm)))
+	}
+	return mix64(x ^ seed)
+}
+
+// PartitionCells appends to dst the cell digests of partition p for every
+// cell from the one holding mint to the one holding maxt. It returns false
+// when they are not valid (see above) or span more than maxCells.
+func (db *DB) PartitionCells(p uint16, mint, maxt int64, dst []CellDigest) ([]CellDigest, bool) {
+	if p >= NumPartitions || mint > maxt {
+		return dst, false
+	}
+	first, last := cellOf(mint), cellOf(maxt)
+	if last-first >= maxCells || first < db.cells.from.Load() {
+		return dst, false
+	}
+	pc := &db.cells.parts[p]
+	pc.mu.Lock()
+	dropped := pc.dropped
+	n := len(dst)
+	for c := first; c <= last; c++ {
+		dst = append(dst, pc.cells[c])
+	}
+	pc.mu.Unlock()
+	// Retention may have invalidated the cells meanwhile.
+	if dropped || first < db.cells.from.Load() {
+		return dst[:n], false
+	}
+	return dst, true
+}
