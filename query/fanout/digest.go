@@ -226,9 +226,12 @@ type localReplica struct {
 
 // selectDigestFirst is Select on a plan that reads some partitions both
 // locally and from peers. Peers' partitions this node does not hold are
-// read whole, the shared ones as digests first (see above); all requests
-// go out before the local replica is read.
-func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage.SelectHints, ms []*labels.Matcher, mint, maxt int64, sortSeries bool) storage.SeriesSet {
+// read whole, in parallel with the digests of the shared ones (see above).
+// The shared partitions whose cells agree with every peer's are then read
+// by the local querier as a single node reads them; the rest are read as
+// chunks, compared by Select digest and, where they differ, merged with
+// the peer's replica.
+func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, hints, wire *storage.SelectHints, ms []*labels.Matcher, mint, maxt int64, sortSeries bool) storage.SeriesSet {
 	localSet := p.sets[p.self]
 	whole, dig := p.clone(), p.clone()
 	dig.missing = nil
@@ -239,16 +242,13 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 		}
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var (
-		wg          sync.WaitGroup
-		wholeFrs    []*frameReader
-		missing     = p.missing
-		wholeErr    error
-		digs        []*digestResult
-		digErr      error
-		localSeries []localReplica
+		wg       sync.WaitGroup
+		wholeFrs []*frameReader
+		missing  = p.missing
+		wholeErr error
+		digs     []*digestResult
+		digErr   error
 	)
 	if !whole.onlyLocal() {
 		wg.Go(func() { wholeFrs, missing, wholeErr = fetchPeers(ctx, qr.q, whole, qr.selectFetch(wire, ms)) })
@@ -256,25 +256,7 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 	if !dig.onlyLocal() {
 		// Partitions no peer could digest are covered by the local
 		// replica, as in a whole read whose peer failed.
-		wg.Go(func() { digs, _, digErr = fetchPeers(ctx, qr.q, dig, qr.digestFetch(wire, ms)) })
-	}
-	cq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, &localSet)
-	qr.track(cq)
-	set := cq.Select(ctx, false, wire, ms...)
-	for set.Next() {
-		s := set.At()
-		metas, err := appendMetas(nil, s.Iterator(nil))
-		if err != nil {
-			cancel()
-			wg.Wait()
-			return storage.ErrSeriesSet(err)
-		}
-		localSeries = append(localSeries, localReplica{s: &remoteSeries{lset: s.Labels(), mint: mint, maxt: maxt, local: metas}, part: partitionOf(s)})
-	}
-	if err := set.Err(); err != nil {
-		cancel()
-		wg.Wait()
-		return storage.ErrSeriesSet(err)
+		digs, _, digErr = fetchPeers(ctx, qr.q, dig, qr.digestFetch(wire, ms))
 	}
 	wg.Wait()
 	if wholeErr != nil {
@@ -284,7 +266,63 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 		return storage.ErrSeriesSet(digErr)
 	}
 	var ws annotations.Annotations
-	ws.Merge(set.Warnings())
+	mws, err := qr.q.checkMissing(ctx, missing)
+	if err != nil {
+		return storage.ErrSeriesSet(err)
+	}
+	ws.Merge(mws)
+	ws = p.degradedWarning(ws)
+
+	// compare: the local partitions some peer's cells did not vouch for.
+	var compare shard.PartitionSet
+	cellsEqual := 0
+	for _, r := range digs {
+		ws.Merge(r.ws)
+		ps := r.parts
+		if !r.unknown {
+			cellsEqual += r.same.Len()
+			ps.Subtract(&r.same)
+		}
+		compare.Union(&ps)
+	}
+	qr.q.metrics.digests.WithLabelValues("cells_equal").Add(float64(cellsEqual))
+	sameSet := localSet
+	sameSet.Subtract(&compare)
+	var native storage.SeriesSet
+	if sameSet.Len() > 0 {
+		native = qr.localQuerier(&sameSet).Select(ctx, sortSeries, hints, ms...)
+	}
+	if compare.Len() == 0 && len(wholeFrs) == 0 {
+		if native == nil {
+			return &warnSeriesSet{SeriesSet: storage.EmptySeriesSet(), ws: ws}
+		}
+		return &warnSeriesSet{SeriesSet: native, ws: ws}
+	}
+
+	// The local replica of the partitions to compare, as chunks.
+	var localSeries []localReplica
+	if compare.Len() > 0 {
+		cq := qr.q.local.PartitionChunkQuerier(qr.mint, qr.maxt, &compare)
+		qr.track(cq)
+		set := cq.Select(ctx, false, wire, ms...)
+		for set.Next() {
+			s := set.At()
+			metas, err := appendMetas(nil, s.Iterator(nil))
+			if err != nil {
+				return storage.ErrSeriesSet(err)
+			}
+			localSeries = append(localSeries, localReplica{s: &remoteSeries{lset: s.Labels(), mint: mint, maxt: maxt, local: metas}, part: partitionOf(s)})
+		}
+		if err := set.Err(); err != nil {
+			return storage.ErrSeriesSet(err)
+		}
+		ws.Merge(set.Warnings())
+	}
+	localDigests := make([]partDigest, shard.NumPartitions)
+	d := xxhash.New()
+	for _, l := range localSeries {
+		localDigests[l.part].add(seriesDigest(d, l.s.lset, l.s.local))
+	}
 
 	// Partitions whose digests differ are read whole from the peer that
 	// digested them (or, if it fails now, another owner).
@@ -295,47 +333,25 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 		}
 	}
 	refetch.missing = nil
-	// The local replica's digests, of the partitions whose cells differed.
-	var toHash shard.PartitionSet
-	for _, r := range digs {
-		if !r.unknown {
-			ps := r.parts
-			ps.Subtract(&r.same)
-			toHash.Union(&ps)
-		}
-	}
-	localDigests := make([]partDigest, shard.NumPartitions)
-	if toHash.Len() > 0 {
-		d := xxhash.New()
-		for _, l := range localSeries {
-			if toHash.Has(l.part) {
-				localDigests[l.part].add(seriesDigest(d, l.s.lset, l.s.local))
-			}
-		}
-	}
 	var differ shard.PartitionSet
 	members := p.ring.Members()
-	cellsEqual, matched, mismatched := 0, 0, 0
+	matched, mismatched := 0, 0
 	for _, r := range digs {
-		ws.Merge(r.ws)
 		idx := memberIndex(members, r.peer)
 		for _, part := range r.parts.Partitions() {
-			if !r.unknown && r.same.Has(part) {
-				cellsEqual++
-				continue
-			}
-			if !r.unknown && r.sums[part] == localDigests[part] {
+			switch {
+			case !r.unknown && r.same.Has(part):
+			case !r.unknown && r.sums[part] == localDigests[part]:
 				matched++
-				continue
-			}
-			mismatched++
-			differ.Add(part)
-			if idx >= 0 {
-				refetch.sets[idx].Add(part)
+			default:
+				mismatched++
+				differ.Add(part)
+				if idx >= 0 {
+					refetch.sets[idx].Add(part)
+				}
 			}
 		}
 	}
-	qr.q.metrics.digests.WithLabelValues("cells_equal").Add(float64(cellsEqual))
 	qr.q.metrics.digests.WithLabelValues("equal").Add(float64(matched))
 	qr.q.metrics.digests.WithLabelValues("different").Add(float64(mismatched))
 	var refetched []*frameReader
@@ -345,12 +361,6 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 			return storage.ErrSeriesSet(err)
 		}
 	}
-	mws, err := qr.q.checkMissing(ctx, missing)
-	if err != nil {
-		return storage.ErrSeriesSet(err)
-	}
-	ws.Merge(mws)
-	ws = p.degradedWarning(ws)
 
 	var (
 		direct []storage.Series // local series of partitions whose digests agree
@@ -370,7 +380,53 @@ func (qr *querier) selectDigestFirst(ctx context.Context, p *plan, wire *storage
 	for _, fr := range append(wholeFrs, refetched...) {
 		sets = append(sets, &remoteSeriesSet{remoteChunkSet: remoteChunkSet{fr: fr}, mint: mint, maxt: maxt})
 	}
-	return joinReplicas(sets, direct, sortSeries, 0, ws)
+	rest := joinReplicas(sets, direct, sortSeries, 0, ws)
+	switch {
+	case native == nil:
+		return rest
+	case sortSeries:
+		// Disjoint partitions: no series is in both.
+		return storage.NewMergeSeriesSet([]storage.SeriesSet{native, rest}, 0, storage.ChainedSeriesMerge)
+	}
+	return &concatSeriesSet{sets: []storage.SeriesSet{native, rest}}
+}
+
+// concatSeriesSet yields the series of each set in turn.
+type concatSeriesSet struct {
+	sets []storage.SeriesSet
+	i    int
+	ws   annotations.Annotations
+}
+
+func (c *concatSeriesSet) Next() bool {
+	for ; c.i < len(c.sets); c.i++ {
+		if c.sets[c.i].Next() {
+			return true
+		}
+		if c.sets[c.i].Err() != nil {
+			return false
+		}
+		c.ws.Merge(c.sets[c.i].Warnings())
+	}
+	return false
+}
+
+func (c *concatSeriesSet) At() storage.Series { return c.sets[c.i].At() }
+
+func (c *concatSeriesSet) Err() error {
+	if c.i < len(c.sets) {
+		return c.sets[c.i].Err()
+	}
+	return nil
+}
+
+func (c *concatSeriesSet) Warnings() annotations.Annotations {
+	var ws annotations.Annotations
+	ws.Merge(c.ws)
+	if c.i < len(c.sets) {
+		ws.Merge(c.sets[c.i].Warnings())
+	}
+	return ws
 }
 
 func memberIndex(members []ring.Member, name string) int {

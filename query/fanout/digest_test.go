@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -54,7 +55,29 @@ func TestDigestReadsMergeDivergentReplicas(t *testing.T) {
 		require.Positive(t, cells, nd.name)
 		require.Positive(t, equal, nd.name)
 		require.Positive(t, different, nd.name)
+		// Asked sorted, the local and merged parts come out in order.
+		require.Equal(t, sortedLabels(t, c.ref), sortedLabels(t, nd.q), nd.name)
 	}
+}
+
+// sortedLabels selects every series sorted and returns their labels.
+func sortedLabels(t *testing.T, q storage.Queryable) []string {
+	t.Helper()
+	qr, err := q.Querier(0, samples*step)
+	require.NoError(t, err)
+	defer func() { _ = qr.Close() }()
+	ss := qr.Select(context.Background(), true, nil, allMatcher)
+	var out []labels.Labels
+	for ss.Next() {
+		out = append(out, ss.At().Labels())
+	}
+	require.NoError(t, ss.Err())
+	require.True(t, slices.IsSortedFunc(out, labels.Compare))
+	strs := make([]string, len(out))
+	for i, ls := range out {
+		strs[i] = ls.String()
+	}
+	return strs
 }
 
 // A peer without the digest endpoint (an older version) answers 404: its

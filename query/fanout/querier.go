@@ -184,7 +184,7 @@ func (qr *querier) Select(ctx context.Context, sortSeries bool, hints *storage.S
 	}
 	wire.DisableTrimming = true
 	if p.localUsed && wire.Limit == 0 && !qr.q.noDigests {
-		return qr.selectDigestFirst(ctx, p, &wire, ms, mint, maxt, sortSeries)
+		return qr.selectDigestFirst(ctx, p, hints, &wire, ms, mint, maxt, sortSeries)
 	}
 	frs, ws, err := qr.selectPeers(ctx, p, &wire, ms)
 	if err != nil {
