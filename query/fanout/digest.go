@@ -19,16 +19,17 @@ import (
 	"github.com/kilnhq/kiln/shard"
 )
 
-// Digest-first reads. When this node holds a replica of a partition that
-// the plan also reads from a peer (R ≥ 2 on an owner), the peer is first
-// asked only for a digest of what it would send: per partition, the number
-// of matching series and the sum of one hash per series over its labels
-// and the wire form of its chunks. Replicas are usually byte for byte alike
-// (owners append the same batches in the same order), so the local replica
-// alone answers the partitions whose digests agree; only those that differ
-// are fetched whole from the peer and merged sample by sample as before.
-// The peer still reads its chunks, but neither encodes nor sends them, and
-// this node neither decodes nor joins them.
+// Digest-first reads (docs/cluster.md, "Digest first"). When this node
+// holds a replica of a partition that the plan also reads from a peer
+// (R ≥ 2 on an owner), the peer is asked for a digest instead of the data,
+// in two steps. First the cells: this node sends its cell digests
+// (shard/cells.go) and the peer answers "same" for the partitions whose
+// cells agree, reading no data; those are read by the local querier as on
+// a single node. For the other partitions the peer answers a Select
+// digest: per partition, the number of matching series and the sum of one
+// hash per series over its labels and the wire form of its chunks. The
+// local replica answers the partitions whose Select digests agree; only
+// those that differ are fetched whole and merged sample by sample.
 
 // partDigest summarises the series of one partition that a Select matches.
 type partDigest struct {

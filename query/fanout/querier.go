@@ -418,12 +418,7 @@ func (s *localReplicaSet) Next() bool {
 		return false
 	}
 	cs := s.ChunkSeriesSet.At()
-	s.metas = s.metas[:0]
-	it := cs.Iterator(nil)
-	for it.Next() {
-		s.metas = append(s.metas, it.At())
-	}
-	if s.err = it.Err(); s.err != nil {
+	if s.metas, s.err = appendMetas(s.metas[:0], cs.Iterator(nil)); s.err != nil {
 		return false
 	}
 	// The chunks themselves are read, not a wire copy: an in-memory chunk

@@ -339,13 +339,13 @@ func (fw *frameWriter) series(ls labels.Labels, it chunks.Iterator) error {
 	})
 	// The chunk count comes first, so collect the metas.
 	metas := fw.metas[:0]
-	for it != nil && it.Next() {
-		metas = append(metas, it.At())
+	if it != nil {
+		var err error
+		if metas, err = appendMetas(metas, it); err != nil {
+			return err
+		}
 	}
 	fw.metas = metas
-	if it != nil && it.Err() != nil {
-		return it.Err()
-	}
 	fw.buf = binary.AppendUvarint(fw.buf, uint64(len(metas)))
 	fw.buf = appendWireChunks(fw.buf, metas)
 	clear(metas) // keep no chunk alive
