@@ -35,6 +35,7 @@ type appender struct {
 	meta                       map[string]metadata.Metadata
 	exemplars                  []pendingExemplar
 	scratch                    []byte // a write-ahead record being encoded
+	walBuf                     []byte // the commit's write-ahead values
 	frames                     []byte // the commit's framed segment records
 	done                       bool
 }
@@ -57,7 +58,7 @@ func (db *DB) AppenderV2(ctx context.Context) storage.AppenderV2 {
 func (db *DB) newAppender(ctx context.Context) *appender {
 	a := &appender{db: db, ctx: ctx}
 	if b, ok := db.appendBufs.Get().(*appendBufs); ok {
-		a.samples, a.sseries, a.scratch, a.frames = b.samples, b.sseries, b.scratch, b.frames
+		a.samples, a.sseries, a.scratch, a.walBuf, a.frames = b.samples, b.sseries, b.scratch, b.walBuf, b.frames
 	}
 	return a
 }
@@ -68,18 +69,19 @@ type appendBufs struct {
 	samples []record.RefSample
 	sseries []*memSeries
 	scratch []byte
+	walBuf  []byte
 	frames  []byte
 }
 
 // recycle hands the buffers to the next appender once a commit or rollback
 // has finished with them (the write-ahead segment write has returned).
 func (a *appender) recycle() {
-	if cap(a.samples) > 1<<20 || cap(a.frames) > 16<<20 {
+	if cap(a.samples) > 1<<20 || cap(a.frames) > 16<<20 || cap(a.walBuf) > 16<<20 {
 		return // an outsized request does not pin its memory
 	}
 	clear(a.sseries) // drop the series pointers
-	a.db.appendBufs.Put(&appendBufs{samples: a.samples[:0], sseries: a.sseries[:0], scratch: a.scratch[:0], frames: a.frames[:0]})
-	a.samples, a.sseries, a.scratch, a.frames = nil, nil, nil, nil
+	a.db.appendBufs.Put(&appendBufs{samples: a.samples[:0], sseries: a.sseries[:0], scratch: a.scratch[:0], walBuf: a.walBuf[:0], frames: a.frames[:0]})
+	a.samples, a.sseries, a.scratch, a.walBuf, a.frames = nil, nil, nil, nil, nil
 }
 
 // series resolves ref or labels to a series, creating it when new.
@@ -271,20 +273,24 @@ func familyName(name string, m metadata.Metadata) string {
 // encodeWAL encodes the appender's samples as write-ahead values: each a
 // version byte, then uvarint-length-prefixed Prometheus WAL records. Large
 // batches are split so a value stays small (replay holds one at a time, and
-// legacy badger W values had to fit badger's value limit).
+// legacy badger W values had to fit badger's value limit). The values share
+// the appender's reused buffer (a fresh one per commit was a tenth of its
+// CPU): they are valid until the next encodeWAL or recycle.
 func (a *appender) encodeWAL() [][]byte {
 	enc := record.Encoder{EnableSTStorage: true}
-	var vals [][]byte
-	var buf []byte
+	out := a.walBuf[:0]
+	var bounds []int // start and end of each value in out
+	start := -1
 	put := func(rec []byte) {
-		if buf == nil {
-			buf = append(make([]byte, 0, len(rec)+16), walVersion)
+		if start < 0 {
+			start = len(out)
+			out = append(out, walVersion)
 		}
-		buf = appendUvarint(buf, uint64(len(rec)))
-		buf = append(buf, rec...)
-		if len(buf) > walValueTarget {
-			vals = append(vals, buf)
-			buf = nil
+		out = appendUvarint(out, uint64(len(rec)))
+		out = append(out, rec...)
+		if len(out)-start > walValueTarget {
+			bounds = append(bounds, start, len(out))
+			start = -1
 		}
 	}
 	for ss := a.samples; len(ss) > 0; {
@@ -311,8 +317,13 @@ func (a *appender) encodeWAL() [][]byte {
 		}
 		hs = hs[n:]
 	}
-	if buf != nil {
-		vals = append(vals, buf)
+	if start >= 0 {
+		bounds = append(bounds, start, len(out))
+	}
+	a.walBuf = out
+	vals := make([][]byte, 0, len(bounds)/2)
+	for i := 0; i < len(bounds); i += 2 {
+		vals = append(vals, out[bounds[i]:bounds[i+1]:bounds[i+1]])
 	}
 	return vals
 }
