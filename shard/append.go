@@ -84,15 +84,16 @@ func (a *appender) recycle() {
 	a.samples, a.sseries, a.scratch, a.walBuf, a.frames = nil, nil, nil, nil, nil
 }
 
-// series resolves ref or labels to a series, creating it when new.
-func (a *appender) series(ref storage.SeriesRef, ls labels.Labels) (*memSeries, error) {
+// series resolves ref or labels to a series, creating it when new. hash is
+// labels.StableHash(ls) when hashed.
+func (a *appender) series(ref storage.SeriesRef, ls labels.Labels, hash uint64, hashed bool) (*memSeries, error) {
 	if ref != 0 {
 		if s := a.db.seriesByRef(uint64(ref)); s != nil && labels.Equal(s.lset, ls) {
 			a.touch(s)
 			return s, nil
 		}
 	}
-	s, err := a.db.getOrCreate(ls)
+	s, err := a.db.getOrCreate(ls, hash, hashed)
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +113,11 @@ func (a *appender) touch(s *memSeries) {
 
 // add validates and buffers one sample. It returns the series ref.
 func (a *appender) add(ref storage.SeriesRef, ls labels.Labels, sm sample) (storage.SeriesRef, error) {
+	return a.addHashed(ref, ls, 0, false, sm)
+}
+
+// addHashed is add with hash = labels.StableHash(ls) when hashed.
+func (a *appender) addHashed(ref storage.SeriesRef, ls labels.Labels, hash uint64, hashed bool, sm sample) (storage.SeriesRef, error) {
 	if a.done {
 		return 0, errAppenderClosed
 	}
@@ -119,7 +125,7 @@ func (a *appender) add(ref storage.SeriesRef, ls labels.Labels, sm sample) (stor
 		a.db.metrics.rejected.WithLabelValues("out_of_bounds").Inc()
 		return 0, storage.ErrOutOfBounds
 	}
-	s, err := a.series(ref, ls)
+	s, err := a.series(ref, ls, hash, hashed)
 	if err != nil {
 		return 0, err
 	}
@@ -191,7 +197,25 @@ func (a *appender) empty() bool {
 type appenderV2 struct{ *appender }
 
 func (a *appenderV2) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
-	r, err := a.add(ref, ls, sample{st: st, t: t, f: v, h: h, fh: fh})
+	return a.append(ref, ls, 0, false, st, t, v, h, fh, opts)
+}
+
+// HashedAppender is implemented by the shard's AppenderV2s: a caller that
+// has already hashed the labels (to route them) saves the shard hashing
+// them again.
+type HashedAppender interface {
+	// AppendHashed is Append of labels without empty values whose
+	// labels.StableHash is hash.
+	AppendHashed(ref storage.SeriesRef, ls labels.Labels, hash uint64, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error)
+}
+
+// AppendHashed implements HashedAppender.
+func (a *appenderV2) AppendHashed(ref storage.SeriesRef, ls labels.Labels, hash uint64, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
+	return a.append(ref, ls, hash, true, st, t, v, h, fh, opts)
+}
+
+func (a *appenderV2) append(ref storage.SeriesRef, ls labels.Labels, hash uint64, hashed bool, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
+	r, err := a.addHashed(ref, ls, hash, hashed, sample{st: st, t: t, f: v, h: h, fh: fh})
 	if err != nil {
 		return r, err
 	}

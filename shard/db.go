@@ -297,8 +297,13 @@ func (db *DB) forEachSeries(fn func(*memSeries)) {
 }
 
 // getOrCreate returns the series for ls, creating and indexing it if new.
-func (db *DB) getOrCreate(ls labels.Labels) (*memSeries, error) {
-	h := ls.Hash()
+func (db *DB) getOrCreate(ls labels.Labels, h uint64, hashed bool) (*memSeries, error) {
+	if !hashed {
+		// An empty value is no label, as in Prometheus: stripped before
+		// hashing, or every append of such a series made another one.
+		ls = ls.WithoutEmpty()
+		h = labels.StableHash(ls)
+	}
 	st := &db.stripes[h%stripeCount]
 	st.Lock()
 	defer st.Unlock()
@@ -307,7 +312,6 @@ func (db *DB) getOrCreate(ls labels.Labels) (*memSeries, error) {
 			return s, nil
 		}
 	}
-	ls = ls.WithoutEmpty()
 	if ls.IsEmpty() {
 		return nil, fmt.Errorf("empty label set: %w", ErrInvalidLabels)
 	}
@@ -316,7 +320,7 @@ func (db *DB) getOrCreate(ls labels.Labels) (*memSeries, error) {
 	}
 	db.refsMu.Lock()
 	ref := uint64(len(db.refs))
-	s := newMemSeries(ref, PartitionOf(ls), ls)
+	s := newMemSeries(ref, uint16(h%NumPartitions), ls, h) // == PartitionOf(ls)
 	db.refs = append(db.refs, s)
 	// Indexing under refsMu keeps refs in postings in increasing order.
 	db.index.add(ref, ls)
@@ -328,7 +332,7 @@ func (db *DB) getOrCreate(ls labels.Labels) (*memSeries, error) {
 
 // removeSeries drops a series from memory (its keys are deleted by the caller).
 func (db *DB) removeSeries(s *memSeries) {
-	h := s.lset.Hash()
+	h := s.stableHash
 	st := &db.stripes[h%stripeCount]
 	st.Lock()
 	list := st.m[h]

@@ -254,3 +254,18 @@ func TestHistogramsSurviveRestart(t *testing.T) {
 	require.Equal(t, len(hs), i)
 	require.False(t, ss.Next())
 }
+
+// A label with an empty value is no label (as in Prometheus): appends with
+// and without it are one series, in the partition of the labels without it.
+func TestEmptyLabelValueIsOneSeries(t *testing.T) {
+	db := open(t, Config{})
+	defer func() { _ = db.Close() }()
+	with := labels.FromStrings("__name__", "m", "empty", "", "job", "a")
+	without := labels.FromStrings("__name__", "m", "job", "a")
+	appendFloats(t, db, with, pt{10, 1})
+	appendFloats(t, db, with, pt{20, 2})
+	appendFloats(t, db, without, pt{30, 3})
+	got := queryFloats(t, db, 0, 100, labels.MustNewMatcher(labels.MatchEqual, "job", "a"))
+	require.Equal(t, map[string][]pt{without.String(): {{10, 1}, {20, 2}, {30, 3}}}, got)
+	require.Equal(t, uint64(1), db.Stats(10).NumSeries)
+}

@@ -108,7 +108,7 @@ func (db *DB) loadSeries(txn *badger.Txn, st *loadStats) error {
 		}); err != nil {
 			return fmt.Errorf("series %d: %w", ref, err)
 		}
-		s := newMemSeries(ref, part, ls)
+		s := newMemSeries(ref, part, ls, labels.StableHash(ls))
 		s.saved.Store(true)
 		list = append(list, s)
 		maxRef = max(maxRef, ref)
@@ -116,7 +116,7 @@ func (db *DB) loadSeries(txn *badger.Txn, st *loadStats) error {
 	db.refs = make([]*memSeries, maxRef+1, maxRef+1+1024)
 	for _, s := range list {
 		db.refs[s.ref] = s
-		h := s.lset.Hash()
+		h := s.stableHash
 		db.stripes[h%stripeCount].m[h] = append(db.stripes[h%stripeCount].m[h], s)
 		db.index.addLocked(s.ref, s.lset)
 	}

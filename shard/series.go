@@ -96,9 +96,9 @@ type memSeries struct {
 	deleted    bool
 }
 
-func newMemSeries(ref uint64, part uint16, ls labels.Labels) *memSeries {
+func newMemSeries(ref uint64, part uint16, ls labels.Labels, stableHash uint64) *memSeries {
 	return &memSeries{
-		ref: ref, part: part, lset: ls, stableHash: labels.StableHash(ls),
+		ref: ref, part: part, lset: ls, stableHash: stableHash,
 		lastT: math.MinInt64, diskMaxT: math.MinInt64,
 		minT: math.MaxInt64, maxT: math.MinInt64,
 	}

@@ -839,7 +839,7 @@ func (imp *importer) end(b []byte) error {
 
 // lookup returns the series with labels ls, or nil.
 func (db *DB) lookup(ls labels.Labels) *memSeries {
-	h := ls.Hash()
+	h := labels.StableHash(ls)
 	st := &db.stripes[h%stripeCount]
 	st.Lock()
 	defer st.Unlock()

@@ -3,7 +3,6 @@ package replicate
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"math/bits"
 	"slices"
@@ -27,6 +26,7 @@ type appender struct {
 	self int32      // this node's index in ring.Members(), -1 if absent
 
 	local   storage.AppenderV2
+	hashed  shard.HashedAppender // local, when it takes our hash
 	batches []*batch // by member index
 	touched [shard.NumPartitions / 64]uint64
 	done    bool
@@ -39,6 +39,8 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 	if a.ring == nil {
 		return 0, nil // Commit reports the missing ring
 	}
+	// Routed by the labels the shard stores (an empty value is no label).
+	ls = ls.WithoutEmpty()
 	hash := labels.StableHash(ls)
 	p := uint16(hash % shard.NumPartitions) // == shard.PartitionOf(ls)
 	// Settled owners and, while the partition moves, its new owners: they
@@ -51,10 +53,14 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 	if a.self >= 0 && slices.Contains(owners, a.self) {
 		if a.local == nil {
 			a.local = a.w.local.AppenderV2(a.ctx)
+			a.hashed, _ = a.local.(shard.HashedAppender)
 		}
-		r, err = a.local.Append(ref, ls, st, t, v, h, fh, opts)
-		var partial *storage.AppendPartialError
-		if err != nil && !errors.As(err, &partial) {
+		if a.hashed != nil {
+			r, err = a.hashed.AppendHashed(ref, ls, hash, st, t, v, h, fh, opts)
+		} else {
+			r, err = a.local.Append(ref, ls, st, t, v, h, fh, opts)
+		}
+		if err != nil && !isPartial(err) {
 			return r, err // refused here: not forwarded either
 		}
 	}
@@ -73,6 +79,7 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 			a.batches[o] = b
 		}
 		sidx := b.seriesIndex(ls, hash, opts.MetricFamilyName, opts.Metadata)
+		b.hasEx = b.hasEx || exs != nil
 		if h == nil && fh == nil {
 			b.floats = append(b.floats, fsample{sidx: sidx, st: st, t: t, v: v, ex: exs})
 			b.series[sidx].nf++
@@ -99,6 +106,7 @@ func (a *appender) Commit() error {
 	}
 	a.done = true
 	w := a.w
+	defer a.releaseBatches()
 	if a.ring == nil {
 		w.m.quorumFailures.Inc()
 		return fmt.Errorf("no partition assignment known yet: %w", ErrUnavailable)
@@ -124,7 +132,9 @@ func (a *appender) Commit() error {
 			continue // straight to a hint
 		}
 		pending++
+		b.refs.Add(1)
 		go func() {
+			defer w.releaseBatch(b)
 			// Not the request's context: a forward that outlives Commit
 			// (quorum reached without it) still delivers, and its hint
 			// makes sure of it either way.
@@ -282,12 +292,22 @@ func rejectionOf(b *batch, e *encoded, rj rejection) (Rejection, bool) {
 	return Rejection{}, false
 }
 
+// releaseBatches drops the transaction's hold on its batches.
+func (a *appender) releaseBatches() {
+	for _, b := range a.batches {
+		if b != nil {
+			a.w.releaseBatch(b)
+		}
+	}
+	a.batches = nil
+}
+
 func (a *appender) Rollback() error {
 	if a.done {
 		return errAppClosed
 	}
 	a.done = true
-	a.batches = nil
+	a.releaseBatches()
 	if a.local != nil {
 		return a.local.Rollback()
 	}

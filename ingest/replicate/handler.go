@@ -86,8 +86,7 @@ func (w *Writer) apply(ctx *fasthttp.RequestCtx, req *request, defs []*rdef) ([]
 	var rej []rejection
 	written := 0
 	outcome := func(idx int, d *rdef, r storage.SeriesRef, err error) error {
-		var partial *storage.AppendPartialError
-		if err == nil || errors.As(err, &partial) {
+		if err == nil || isPartial(err) {
 			d.ref.Store(uint64(r))
 			written++
 			return nil
@@ -143,4 +142,12 @@ func (w *Writer) apply(ctx *fasthttp.RequestCtx, req *request, defs []*rdef) ([]
 		return nil, 0, err
 	}
 	return rej, written, nil
+}
+
+// isPartial reports whether err only reports parts of a sample (exemplars)
+// refused; a separate function keeps errors.As's target off the heap on the
+// path without errors.
+func isPartial(err error) bool {
+	var partial *storage.AppendPartialError
+	return errors.As(err, &partial)
 }

@@ -38,15 +38,37 @@ type Writer struct {
 	// start with that capacity, as growing them sample by sample was a
 	// tenth of the coordinator's CPU (copying on every doubling).
 	batchHint atomic.Int64
+	batches   sync.Pool // *batch, reset
 }
 
-// newBatch returns an empty peer batch sized like recent ones.
+// newBatch returns an empty peer batch with one holder, a reused one or
+// one sized like recent ones.
 func (w *Writer) newBatch() *batch {
-	n := int(w.batchHint.Load())
-	if n == 0 {
-		return &batch{}
+	b, ok := w.batches.Get().(*batch)
+	if !ok {
+		b = &batch{}
+		if n := int(w.batchHint.Load()); n > 0 {
+			slots := 64
+			for slots < 2*n {
+				slots *= 2
+			}
+			b.series, b.slots, b.floats = make([]bseries, 0, n), make([]int32, slots), make([]fsample, 0, n)
+		}
 	}
-	return &batch{series: make([]bseries, 0, n), index: make(map[uint64]int32, n), floats: make([]fsample, 0, n)}
+	b.refs.Store(1)
+	return b
+}
+
+// releaseBatch drops one holder of b; the last one makes it reusable.
+func (w *Writer) releaseBatch(b *batch) {
+	if b.refs.Add(-1) != 0 {
+		return
+	}
+	if cap(b.series) > 1<<17 || cap(b.floats) > 1<<17 || cap(b.hists) > 1<<14 {
+		return // an outsized request does not pin its memory
+	}
+	b.reset()
+	w.batches.Put(b)
 }
 
 // sawBatch updates the size hint: it follows the largest batch, decaying

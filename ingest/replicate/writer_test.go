@@ -63,6 +63,36 @@ func TestRF2OnlyOwnersHoldSeries(t *testing.T) {
 	}
 }
 
+// A label with an empty value is no label: such a series goes to the owners
+// of the series without it, through every node, as one series.
+func TestEmptyLabelValueRoutedWithoutIt(t *testing.T) {
+	c, nodes := threeNodes(t, 2, fastCfg())
+	for k, n := range nodes {
+		app := n.writer().AppenderV2(context.Background())
+		for i := range 100 {
+			lbls := []labels.Label{{Name: "empty", Value: ""}}
+			testSeries(i).Range(func(l labels.Label) { lbls = append(lbls, l) })
+			ls := labels.New(lbls...)
+			require.Equal(t, "", ls.Get("empty"))
+			require.Equal(t, testSeries(i).Len()+1, ls.Len())
+			_, err := app.Append(0, ls, 0, int64(1000*(k+1)), float64(i), nil, nil, storage.AOptions{})
+			require.NoError(t, err)
+		}
+		require.NoError(t, app.Commit())
+	}
+	for _, n := range nodes {
+		got := samples(t, n.db)
+		for i := range 100 {
+			ls := testSeries(i)
+			want := map[int64]float64(nil)
+			if c.ring.Owns(n.name, shard.PartitionOf(ls)) {
+				want = map[int64]float64{1000: float64(i), 2000: float64(i), 3000: float64(i)}
+			}
+			require.Equal(t, want, got[ls.String()], "%s %s", n.name, ls)
+		}
+	}
+}
+
 func TestOnePeerDownHintReplayed(t *testing.T) {
 	c, nodes := threeNodes(t, 3, fastCfg())
 	a, down := nodes[0], nodes[2]
