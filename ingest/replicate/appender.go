@@ -27,7 +27,7 @@ type appender struct {
 
 	local   storage.AppenderV2
 	hashed  shard.HashedAppender // local, when it takes our hash
-	batches []*batch // by member index
+	batches []*batch             // by member index
 	touched [shard.NumPartitions / 64]uint64
 	done    bool
 }
