@@ -88,7 +88,7 @@ type DB struct {
 
 	stripes [stripeCount]struct {
 		sync.Mutex
-		m map[uint64][]*memSeries
+		t seriesTable
 	}
 	refsMu sync.RWMutex
 	refs   []*memSeries // by ref; refs[0] unused
@@ -166,9 +166,6 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 		db.wal = newWAL(filepath.Join(cfg.Path, walDirName), logger)
 	}
 	db.maxTime.Store(math.MinInt64)
-	for i := range db.stripes {
-		db.stripes[i].m = map[uint64][]*memSeries{}
-	}
 	db.exemplars, err = tsdb.NewCircularExemplarStorage(cfg.MaxExemplars, tsdb.NewExemplarMetrics(reg), 0)
 	if err != nil {
 		return nil, errors.Join(err, bdb.Close())
@@ -307,10 +304,8 @@ func (db *DB) getOrCreate(ls labels.Labels, h uint64, hashed bool) (*memSeries, 
 	st := &db.stripes[h%stripeCount]
 	st.Lock()
 	defer st.Unlock()
-	for _, s := range st.m[h] {
-		if labels.Equal(s.lset, ls) {
-			return s, nil
-		}
+	if s := st.t.get(h, ls); s != nil {
+		return s, nil
 	}
 	if ls.IsEmpty() {
 		return nil, fmt.Errorf("empty label set: %w", ErrInvalidLabels)
@@ -325,7 +320,7 @@ func (db *DB) getOrCreate(ls labels.Labels, h uint64, hashed bool) (*memSeries, 
 	// Indexing under refsMu keeps refs in postings in increasing order.
 	db.index.add(ref, ls)
 	db.refsMu.Unlock()
-	st.m[h] = append(st.m[h], s)
+	st.t.add(h, s)
 	db.metrics.seriesCreated.Inc()
 	return s, nil
 }
@@ -335,18 +330,7 @@ func (db *DB) removeSeries(s *memSeries) {
 	h := s.stableHash
 	st := &db.stripes[h%stripeCount]
 	st.Lock()
-	list := st.m[h]
-	for i, x := range list {
-		if x == s {
-			list = append(list[:i:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(st.m, h)
-	} else {
-		st.m[h] = list
-	}
+	st.t.remove(h, s)
 	st.Unlock()
 	db.refsMu.Lock()
 	if s.ref < uint64(len(db.refs)) && db.refs[s.ref] == s {

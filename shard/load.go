@@ -117,7 +117,7 @@ func (db *DB) loadSeries(txn *badger.Txn, st *loadStats) error {
 	for _, s := range list {
 		db.refs[s.ref] = s
 		h := s.stableHash
-		db.stripes[h%stripeCount].m[h] = append(db.stripes[h%stripeCount].m[h], s)
+		db.stripes[h%stripeCount].t.add(h, s)
 		db.index.addLocked(s.ref, s.lset)
 	}
 	db.index.sortAll()

@@ -843,12 +843,7 @@ func (db *DB) lookup(ls labels.Labels) *memSeries {
 	st := &db.stripes[h%stripeCount]
 	st.Lock()
 	defer st.Unlock()
-	for _, s := range st.m[h] {
-		if labels.Equal(s.lset, ls) {
-			return s
-		}
-	}
-	return nil
+	return st.t.get(h, ls)
 }
 
 // streamDecoder reads the preamble and frames of a stream, checking each

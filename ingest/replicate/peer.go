@@ -45,21 +45,32 @@ type cachedSeries struct {
 	ref      float64
 	hasRef   bool
 	inflight bool
-	next     *cachedSeries
 }
 
 // peerCache is a sender's series cache for one peer, see the package doc.
 type peerCache struct {
-	mu   sync.Mutex
-	gen  uint64
-	next uint32
-	m    map[uint64]*cachedSeries
+	mu    sync.Mutex
+	gen   uint64
+	next  uint32
+	inUse bool // some generation started
+	// slots find series by labels.StableHash: open addressing with linear
+	// probing, a power of two long and at most half full. A Go map here
+	// (100k series per peer) cost a forwarded sample ~0.4 µs of cache
+	// misses; a slot holds the hash, so a lookup touches it and the series.
+	slots []csSlot
+	n     int
+}
+
+type csSlot struct {
+	hash uint64
+	cs   *cachedSeries // nil: empty
 }
 
 func (pc *peerCache) resetLocked() {
 	pc.gen = rand.Uint64() | 1 // 0 is never a generation
 	pc.next = 0
-	pc.m = make(map[uint64]*cachedSeries)
+	pc.inUse = true
+	pc.slots, pc.n = nil, 0
 }
 
 func (pc *peerCache) reset() {
@@ -70,38 +81,48 @@ func (pc *peerCache) reset() {
 
 // reserve makes room for n new ids, starting a new generation if needed.
 func (pc *peerCache) reserveLocked(n int) {
-	if pc.m == nil || uint64(pc.next)+uint64(n) > maxSeriesIDs {
+	if !pc.inUse || uint64(pc.next)+uint64(n) > maxSeriesIDs {
 		pc.resetLocked()
 	}
 }
 
-func (pc *peerCache) lookup(ls labels.Labels, hash uint64) *cachedSeries {
-	for cs := pc.m[hash]; cs != nil; cs = cs.next {
-		if labels.Equal(cs.ls, ls) {
-			return cs
+// find returns the slot holding ls (hash) or the empty slot ending its
+// probe run; the table must not be empty.
+func (pc *peerCache) find(ls labels.Labels, hash uint64) *csSlot {
+	mask := uint64(len(pc.slots) - 1)
+	for i := hash & mask; ; i = (i + 1) & mask {
+		sl := &pc.slots[i]
+		if sl.cs == nil || (sl.hash == hash && labels.Equal(sl.cs.ls, ls)) {
+			return sl
 		}
 	}
-	return nil
+}
+
+func (pc *peerCache) lookup(ls labels.Labels, hash uint64) *cachedSeries {
+	if len(pc.slots) == 0 {
+		return nil
+	}
+	return pc.find(ls, hash).cs
 }
 
 // add defines ls afresh, replacing any older definition.
 func (pc *peerCache) add(ls labels.Labels, hash uint64, base float64) *cachedSeries {
 	cs := &cachedSeries{ls: ls, id: pc.next, base: base}
 	pc.next++
-	var prev *cachedSeries
-	for c := pc.m[hash]; c != nil; prev, c = c, c.next {
-		if labels.Equal(c.ls, ls) {
-			cs.next = c.next
-			if prev == nil {
-				pc.m[hash] = cs
-			} else {
-				prev.next = cs
+	if 2*(pc.n+1) > len(pc.slots) {
+		old := pc.slots
+		pc.slots = make([]csSlot, max(1024, 2*len(old)))
+		for _, sl := range old {
+			if sl.cs != nil {
+				*pc.find(sl.cs.ls, sl.hash) = sl
 			}
-			return cs
 		}
 	}
-	cs.next = pc.m[hash]
-	pc.m[hash] = cs
+	sl := pc.find(ls, hash)
+	if sl.cs == nil {
+		pc.n++
+	}
+	*sl = csSlot{hash: hash, cs: cs}
 	return cs
 }
 
