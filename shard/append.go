@@ -37,7 +37,10 @@ type appender struct {
 	scratch                    []byte // a write-ahead record being encoded
 	walBuf                     []byte // the commit's write-ahead values
 	frames                     []byte // the commit's framed segment records
-	done                       bool
+	// minT is the retention cutoff when the transaction began: reading the
+	// clock per sample was a twentieth of a peer's CPU.
+	minT int64
+	done bool
 }
 
 type pendingExemplar struct {
@@ -56,7 +59,7 @@ func (db *DB) AppenderV2(ctx context.Context) storage.AppenderV2 {
 }
 
 func (db *DB) newAppender(ctx context.Context) *appender {
-	a := &appender{db: db, ctx: ctx}
+	a := &appender{db: db, ctx: ctx, minT: db.minValidTime()}
 	if b, ok := db.appendBufs.Get().(*appendBufs); ok {
 		a.samples, a.sseries, a.scratch, a.walBuf, a.frames = b.samples, b.sseries, b.scratch, b.walBuf, b.frames
 	}
@@ -121,7 +124,7 @@ func (a *appender) addHashed(ref storage.SeriesRef, ls labels.Labels, hash uint6
 	if a.done {
 		return 0, errAppenderClosed
 	}
-	if sm.t < a.db.minValidTime() {
+	if sm.t < a.minT {
 		a.db.metrics.rejected.WithLabelValues("out_of_bounds").Inc()
 		return 0, storage.ErrOutOfBounds
 	}
@@ -219,11 +222,13 @@ func (a *appenderV2) append(ref storage.SeriesRef, ls labels.Labels, hash uint64
 	if err != nil {
 		return r, err
 	}
-	family := opts.MetricFamilyName
-	if family == "" {
-		family = ls.Get(model.MetricNameLabel)
+	if opts.Metadata != (metadata.Metadata{}) {
+		family := opts.MetricFamilyName
+		if family == "" {
+			family = ls.Get(model.MetricNameLabel)
+		}
+		a.setMetadata(family, opts.Metadata)
 	}
-	a.setMetadata(family, opts.Metadata)
 	for _, e := range opts.Exemplars {
 		a.exemplars = append(a.exemplars, pendingExemplar{lset: ls, e: e})
 	}

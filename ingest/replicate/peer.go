@@ -180,7 +180,14 @@ func (w *Writer) peer(name string) *peer {
 // reported. The first attempt uses the series cache; a resync answer resets
 // it and resends the batch self-contained.
 func (w *Writer) forward(ctx context.Context, p *peer, addr string, b *batch) (*encoded, []rejection, error) {
-	e := encode(w.enc, w.topo.Self(), b, &p.cache)
+	bf, ok := w.encBufs.Get().(*encodeBufs)
+	if !ok {
+		bf = &encodeBufs{}
+	}
+	e := encodeWith(w.enc, bf, w.topo.Self(), b, &p.cache)
+	if cap(bf.p) <= 16<<20 { // an outsized request does not pin its memory
+		w.encBufs.Put(bf)
+	}
 	rej, err := w.send(ctx, p, addr, e.body)
 	if errors.Is(err, errResync) {
 		p.cache.reset()

@@ -308,11 +308,39 @@ func baseFor(b *batch, order []int32, from, to int32) float64 {
 // self-contained (hints, resync); otherwise series are referenced through
 // the peer's cache and only unacknowledged ones are defined.
 func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
+	return encodeWith(enc, &encodeBufs{}, sender, b, pc)
+}
+
+// encodeBufs are encode's working buffers, none of which the result keeps:
+// reused across requests, since allocating them was a seventh of encode.
+type encodeBufs struct {
+	fstart, hstart, fpos, hpos []int32
+	ids                        []uint32
+	bases, refs                []float64
+	modes, defs, metas, cols   []byte
+	ints, scales, raws, exs, p []byte
+	syms                       map[string]uint32
+	list                       []string
+}
+
+// zeroed returns s resized to n zero elements, reusing its array.
+func zeroed[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	s = s[:n]
+	clear(s)
+	return s
+}
+
+// encodeWith is encode with working buffers bf.
+func encodeWith(enc *zstd.Encoder, bf *encodeBufs, sender string, b *batch, pc *peerCache) encoded {
 	e := encoded{cache: pc}
 	// Canonical order: series in batch order, samples of a series in append
 	// order (a counting sort, stable).
-	fstart := make([]int32, len(b.series)+1)
-	hstart := make([]int32, len(b.series)+1)
+	fstart := zeroed(bf.fstart, len(b.series)+1)
+	hstart := zeroed(bf.hstart, len(b.series)+1)
+	bf.fstart, bf.hstart = fstart, hstart
 	for i := range b.series {
 		fstart[i+1] = fstart[i] + b.series[i].nf
 		hstart[i+1] = hstart[i] + b.series[i].nh
@@ -320,27 +348,35 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	e.forder = make([]int32, len(b.floats))
 	e.horder = make([]int32, len(b.hists))
 	{
-		fpos := append([]int32(nil), fstart[:len(b.series)]...)
+		fpos := append(bf.fpos[:0], fstart[:len(b.series)]...)
 		for k := range b.floats {
 			s := b.floats[k].sidx
 			e.forder[fpos[s]] = int32(k)
 			fpos[s]++
 		}
-		hpos := append([]int32(nil), hstart[:len(b.series)]...)
+		hpos := append(bf.hpos[:0], hstart[:len(b.series)]...)
 		for k := range b.hists {
 			s := b.hists[k].sidx
 			e.horder[hpos[s]] = int32(k)
 			hpos[s]++
 		}
+		bf.fpos, bf.hpos = fpos, hpos
 	}
 
-	syms := symbols{idx: make(map[string]uint32, 64)}
-	ids := make([]uint32, len(b.series))
-	bases := make([]float64, len(b.series))
-	modes := make([]byte, len(b.series))
-	refs := make([]float64, len(b.series)) // first reference of a chained series
+	if bf.syms == nil {
+		bf.syms = make(map[string]uint32, 64)
+	}
+	clear(bf.syms)
+	syms := symbols{idx: bf.syms, list: bf.list[:0]}
+	defer func() { clear(syms.list); bf.list = syms.list[:0] }()
+	ids := zeroed(bf.ids, len(b.series))
+	bases := zeroed(bf.bases, len(b.series))
+	modes := zeroed(bf.modes, len(b.series))
+	refs := zeroed(bf.refs, len(b.series)) // first reference of a chained series
+	bf.ids, bf.bases, bf.modes, bf.refs = ids, bases, modes, refs
 	chained := false
-	var defs []byte
+	defs := bf.defs[:0]
+	defer func() { bf.defs = defs[:0] }()
 	ndefs := 0
 	define := func(id uint32, ls labels.Labels, base float64) {
 		ndefs++
@@ -349,6 +385,7 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 		defs = binary.LittleEndian.AppendUint64(defs, math.Float64bits(base))
 	}
 	if pc != nil {
+		e.owned = make([]ownedRef, 0, len(b.series))
 		pc.mu.Lock()
 		pc.reserveLocked(len(b.series)) // no reset midway through a request
 		e.gen = pc.gen
@@ -398,10 +435,10 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	}
 
 	// Metadata table, deduplicated per request.
-	var metas []byte
+	metas := bf.metas[:0]
 	nmetas := 0
-	metaIdx := make(map[[4]string]uint64)
-	var cols []byte
+	var metaIdx map[[4]string]uint64
+	cols := bf.cols[:0]
 	cols = binary.AppendUvarint(cols, uint64(len(b.series)))
 	prev := int64(0)
 	for i := range b.series {
@@ -415,6 +452,9 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 			continue
 		}
 		k := [4]string{s.family, string(s.meta.Type), s.meta.Help, s.meta.Unit}
+		if metaIdx == nil {
+			metaIdx = make(map[[4]string]uint64)
+		}
 		m, ok := metaIdx[k]
 		if !ok {
 			nmetas++
@@ -448,7 +488,7 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 		cols = binary.AppendVarint(cols, st-pt)
 		pt = st
 	}
-	var ints, scales, raws []byte
+	ints, scales, raws := bf.ints[:0], bf.scales[:0], bf.raws[:0]
 	cur, ref, scale := int32(-1), 0.0, scaler(scaledBase)
 	for _, k := range e.forder {
 		f := &b.floats[k]
@@ -488,7 +528,7 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	}
 	// Exemplars, by canonical sample index.
 	nex := 0
-	var exs []byte
+	exs := bf.exs[:0]
 	addEx := func(idx int, list []exemplar.Exemplar) {
 		for _, x := range list {
 			nex++
@@ -515,7 +555,10 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	for _, s := range syms.list {
 		n += len(s) + 2
 	}
-	p := make([]byte, 0, n)
+	p := bf.p[:0]
+	if cap(p) < n {
+		p = make([]byte, 0, n)
+	}
 	p = binary.AppendUvarint(p, uint64(len(syms.list)))
 	for _, s := range syms.list {
 		p = binary.AppendUvarint(p, uint64(len(s)))
@@ -545,6 +588,7 @@ func encode(enc *zstd.Encoder, sender string, b *batch, pc *peerCache) encoded {
 	body = binary.LittleEndian.AppendUint64(body, e.gen)
 	body = binary.AppendUvarint(body, uint64(len(p)))
 	e.body = enc.EncodeAll(p, body)
+	bf.metas, bf.cols, bf.ints, bf.scales, bf.raws, bf.exs, bf.p = metas[:0], cols[:0], ints[:0], scales[:0], raws[:0], exs[:0], p[:0]
 	return e
 }
 

@@ -405,3 +405,22 @@ func TestChainedValuesInFlightAndFailed(t *testing.T) {
 	pc.ack(&r9.e)
 	chainedRound()
 }
+
+// Working buffers reused across requests of other shapes (the forward
+// path's pool) give the same requests as fresh ones.
+func TestEncodeReusedBuffersSelfContained(t *testing.T) {
+	enc, dec := codecs(t)
+	var bf encodeBufs
+	batches := []*batch{sampleBatch(), loadgenBatch(0), sampleBatch(), loadgenBatch(1), sampleBatch()}
+	for i, b := range batches {
+		for _, pc := range []*peerCache{nil, {}} {
+			got := encodeWith(enc, &bf, "s", b, pc)
+			req, err := decodeRequest(dec, got.body)
+			require.NoError(t, err, "batch %d", i)
+			var ts tables
+			defs, err := ts.resolve(req)
+			require.NoError(t, err, "batch %d", i)
+			require.Equal(t, expected(b), flatten(t, req, defs), "batch %d", i)
+		}
+	}
+}

@@ -39,6 +39,7 @@ type Writer struct {
 	// tenth of the coordinator's CPU (copying on every doubling).
 	batchHint atomic.Int64
 	batches   sync.Pool // *batch, reset
+	encBufs   sync.Pool // *encodeBufs
 }
 
 // newBatch returns an empty peer batch with one holder, a reused one or
