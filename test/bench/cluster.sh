@@ -2,7 +2,8 @@
 # End-to-end cluster cost against one node, with ../shared/bench's load
 # generator and query tool: server CPU seconds per million samples (user+sys
 # from /proc, summed over every node), internal-RPC bytes per replicated
-# sample, and the dashboard query set through one node of the cluster.
+# sample, the dashboard query set through one node of the cluster, and the
+# single node's peak RSS.
 #
 #   test/bench/cluster.sh [SAMPLES] [SERIES]      (defaults 6000000 100000)
 #
@@ -30,6 +31,7 @@ run() { # label nodes-pids... ; loadgen to $URL
 # One node.
 start_node single 127.0.0.1:19364 127.0.0.1:19365
 URL=127.0.0.1:19364 LABEL="single node" run "${PIDS[0]}"
+echo "single node peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/${PIDS[0]}/status")"
 last=$(( $(grep -o '"last_ts_ms":[0-9]*' "$TMP/lg.json" | cut -d: -f2) / 1000 ))
 if [ "${QUERIES:-1}" != 0 ]; then
 	wait_idle "${PIDS[@]}"
