@@ -347,7 +347,9 @@ func (p *partial) group(key uint64, ls labels.Labels) *group {
 		p.full = true
 		p.groups, p.order, p.cells = map[uint64]*group{}, nil, 0 // keep going in constant memory
 	}
-	g := &group{lset: ls.MatchLabels(!p.sl.without, p.sl.grouping...), sum: make([]float64, p.steps), c: make([]float64, p.steps), cnt: make([]float64, p.steps)}
+	// One array for the three columns: a third of the allocations.
+	cols := make([]float64, 3*p.steps)
+	g := &group{lset: ls.MatchLabels(!p.sl.without, p.sl.grouping...), sum: cols[:p.steps:p.steps], c: cols[p.steps : 2*p.steps : 2*p.steps], cnt: cols[2*p.steps:]}
 	p.groups[key] = g
 	p.order = append(p.order, g)
 	return g
@@ -384,7 +386,15 @@ func (p *partial) matrix() (promql.Matrix, bool) {
 	}
 	out := make(promql.Matrix, 0, len(p.order))
 	for _, g := range p.order {
-		s := promql.Series{Metric: g.lset}
+		n := 0
+		for _, c := range g.cnt {
+			if c != 0 {
+				n++
+			}
+		}
+		// Sized up front: growing point by point was a third of the
+		// bytes a sliced range query allocated.
+		s := promql.Series{Metric: g.lset, Floats: make([]promql.FPoint, 0, n)}
 		for i := range p.steps {
 			if g.cnt[i] == 0 {
 				continue
