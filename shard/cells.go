@@ -136,12 +136,9 @@ func (cs *cellState) add(s *memSeries, sm sample) {
 			}
 			pc.cells[pc.hot] = pc.hotD
 		}
+		// The map holds only cells older than hot (or none, when there
+		// is no hot cell), so c starts afresh.
 		pc.hot, pc.hotD, pc.hasHot = c, CellDigest{Samples: 1, Sum: h}, true
-		if d, ok := pc.cells[c]; ok { // defensive: the map only holds cells older than hot
-			pc.hotD.Samples += d.Samples
-			pc.hotD.Sum += d.Sum
-			delete(pc.cells, c)
-		}
 	default: // an older cell (out of order, backfill)
 		if pc.cells == nil {
 			pc.cells = map[int64]CellDigest{}

@@ -49,10 +49,9 @@ type cachedSeries struct {
 
 // peerCache is a sender's series cache for one peer, see the package doc.
 type peerCache struct {
-	mu    sync.Mutex
-	gen   uint64
-	next  uint32
-	inUse bool // some generation started
+	mu   sync.Mutex
+	gen  uint64 // 0 until the first generation starts
+	next uint32
 	// slots find series by labels.StableHash: open addressing with linear
 	// probing, a power of two long and at most half full. A Go map here
 	// (100k series per peer) cost a forwarded sample ~0.4 µs of cache
@@ -69,7 +68,6 @@ type csSlot struct {
 func (pc *peerCache) resetLocked() {
 	pc.gen = rand.Uint64() | 1 // 0 is never a generation
 	pc.next = 0
-	pc.inUse = true
 	pc.slots, pc.n = nil, 0
 }
 
@@ -81,7 +79,7 @@ func (pc *peerCache) reset() {
 
 // reserve makes room for n new ids, starting a new generation if needed.
 func (pc *peerCache) reserveLocked(n int) {
-	if !pc.inUse || uint64(pc.next)+uint64(n) > maxSeriesIDs {
+	if pc.gen == 0 || uint64(pc.next)+uint64(n) > maxSeriesIDs {
 		pc.resetLocked()
 	}
 }

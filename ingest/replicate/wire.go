@@ -368,7 +368,6 @@ func encodeWith(enc *zstd.Encoder, bf *encodeBufs, sender string, b *batch, pc *
 	}
 	clear(bf.syms)
 	syms := symbols{idx: bf.syms, list: bf.list[:0]}
-	defer func() { clear(syms.list); bf.list = syms.list[:0] }()
 	ids := zeroed(bf.ids, len(b.series))
 	bases := zeroed(bf.bases, len(b.series))
 	modes := zeroed(bf.modes, len(b.series))
@@ -376,7 +375,6 @@ func encodeWith(enc *zstd.Encoder, bf *encodeBufs, sender string, b *batch, pc *
 	bf.ids, bf.bases, bf.modes, bf.refs = ids, bases, modes, refs
 	chained := false
 	defs := bf.defs[:0]
-	defer func() { bf.defs = defs[:0] }()
 	ndefs := 0
 	define := func(id uint32, ls labels.Labels, base float64) {
 		ndefs++
@@ -588,6 +586,8 @@ func encodeWith(enc *zstd.Encoder, bf *encodeBufs, sender string, b *batch, pc *
 	body = binary.LittleEndian.AppendUint64(body, e.gen)
 	body = binary.AppendUvarint(body, uint64(len(p)))
 	e.body = enc.EncodeAll(p, body)
+	clear(syms.list) // keep no label strings alive
+	bf.list, bf.defs = syms.list[:0], defs[:0]
 	bf.metas, bf.cols, bf.ints, bf.scales, bf.raws, bf.exs, bf.p = metas[:0], cols[:0], ints[:0], scales[:0], raws[:0], exs[:0], p[:0]
 	return e
 }
