@@ -269,3 +269,42 @@ func TestEmptyLabelValueIsOneSeries(t *testing.T) {
 	require.Equal(t, map[string][]pt{without.String(): {{10, 1}, {20, 2}, {30, 3}}}, got)
 	require.Equal(t, uint64(1), db.Stats(10).NumSeries)
 }
+
+// Float samples wait in a small per-series buffer before they are encoded
+// into the open chunk: queries, flushes and chunk cutting must all see them.
+func TestPendingSamplesAreReadFlushedAndCut(t *testing.T) {
+	dir := t.TempDir()
+	db := open(t, Config{Path: dir})
+	ls := labels.FromStrings("__name__", "m")
+	m := labels.MustNewMatcher(labels.MatchEqual, "__name__", "m")
+	var want []pt
+	for i := int64(0); i < samplesPerChunk+pendCap/2; i++ {
+		want = append(want, pt{i * 15000, float64(i)})
+	}
+	for n := 1; n <= pendCap+1; n++ { // one sample per commit, then read
+		appendFloats(t, db, ls, want[n-1])
+		require.Equal(t, want[:n], queryFloats(t, db, math.MinInt64, math.MaxInt64, m)[ls.String()], "after %d samples", n)
+	}
+	appendFloats(t, db, ls, want[pendCap+1:]...)
+	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, m)[ls.String()])
+
+	s := db.seriesByRef(1)
+	s.mu.Lock()
+	s.settle()
+	var sizes []int
+	for _, c := range s.chunks {
+		sizes = append(sizes, c.chk.NumSamples())
+	}
+	s.mu.Unlock()
+	require.Equal(t, []int{samplesPerChunk, pendCap / 2}, sizes, "chunks cut at samplesPerChunk, pending counted")
+
+	// A flush persists the pending samples and truncates the write-ahead
+	// log: after a crash they come back from the chunks alone.
+	appendFloats(t, db, ls, pt{want[len(want)-1].t + 15000, 1})
+	want = append(want, pt{want[len(want)-1].t + 15000, 1})
+	require.NoError(t, db.flush())
+	crash(t, db)
+	db = open(t, Config{Path: dir})
+	defer func() { _ = db.Close() }()
+	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, m)[ls.String()])
+}

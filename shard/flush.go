@@ -51,6 +51,7 @@ func (db *DB) flush() error {
 		if s.deleted {
 			return
 		}
+		s.settle()
 		if len(s.ooo) > 0 {
 			s.compactOOO(db.newChunkSeq)
 		}
