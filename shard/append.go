@@ -40,7 +40,11 @@ type appender struct {
 	// minT is the retention cutoff when the transaction began: reading the
 	// clock per sample was a twentieth of a peer's CPU.
 	minT int64
-	done bool
+	// hasST is set once a sample carries a start timestamp: until then
+	// the write-ahead record is the V1 form, which has no ST column to
+	// encode (a third cheaper).
+	hasST bool
+	done  bool
 }
 
 type pendingExemplar struct {
@@ -144,6 +148,7 @@ func (a *appender) addHashed(ref storage.SeriesRef, ls labels.Labels, hash uint6
 		return storage.SeriesRef(s.ref), err
 	}
 	hr := chunks.HeadSeriesRef(s.ref)
+	a.hasST = a.hasST || sm.st != 0
 	switch {
 	case sm.h != nil:
 		a.hists = append(a.hists, record.RefHistogramSample{Ref: hr, ST: sm.st, T: sm.t, H: sm.h})
@@ -306,7 +311,7 @@ func familyName(name string, m metadata.Metadata) string {
 // the appender's reused buffer (a fresh one per commit was a tenth of its
 // CPU): they are valid until the next encodeWAL or recycle.
 func (a *appender) encodeWAL() [][]byte {
-	enc := record.Encoder{EnableSTStorage: true}
+	enc := record.Encoder{EnableSTStorage: a.hasST}
 	out := a.walBuf[:0]
 	var bounds []int // start and end of each value in out
 	start := -1

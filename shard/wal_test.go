@@ -15,6 +15,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/record"
 	"github.com/stretchr/testify/require"
@@ -287,7 +289,7 @@ func dirBytes(t *testing.T, dir string) int64 {
 // with a file on disk: it must never panic or over-allocate, and every
 // record it returns must be one that was framed.
 func FuzzSegmentReader(f *testing.F) {
-	a := &appender{samples: []record.RefSample{{Ref: 1, T: 5, V: 1.5}, {Ref: 2, ST: 1, T: 6, V: 2}}}
+	a := &appender{samples: []record.RefSample{{Ref: 1, T: 5, V: 1.5}, {Ref: 2, ST: 1, T: 6, V: 2}}, hasST: true}
 	var seg []byte
 	for _, v := range a.encodeWAL() {
 		seg = appendFrame(seg, v)
@@ -314,4 +316,37 @@ func FuzzSegmentReader(f *testing.F) {
 		// The good prefix is exactly the records read, framed again.
 		require.True(t, bytes.Equal(b[:sr.off], reframed), "good prefix %x, reframed %x", b[:sr.off], reframed)
 	})
+}
+
+// A commit without start timestamps is written as a V1 record, one with
+// them as V2: replay restores both, start timestamps included.
+func TestWALReplayKeepsStartTimestamps(t *testing.T) {
+	dir := t.TempDir()
+	db := open(t, Config{Path: dir})
+	ls := labels.FromStrings("__name__", "m")
+	appendFloats(t, db, ls, pt{1000, 1}, pt{2000, 2}) // no ST
+	app := db.AppenderV2(context.Background())
+	for _, ts := range []int64{3000, 4000} {
+		_, err := app.Append(0, ls, 2500, ts, float64(ts), nil, nil, storage.AOptions{})
+		require.NoError(t, err)
+	}
+	require.NoError(t, app.Commit())
+	crash(t, db)
+
+	db = open(t, Config{Path: dir})
+	defer func() { _ = db.Close() }()
+	q, err := db.Querier(math.MinInt64, math.MaxInt64)
+	require.NoError(t, err)
+	defer func() { _ = q.Close() }()
+	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"))
+	require.True(t, ss.Next())
+	it := ss.At().Iterator(nil)
+	var got [][2]int64 // t, st
+	for it.Next() != chunkenc.ValNone {
+		ts, _ := it.At()
+		got = append(got, [2]int64{ts, it.AtST()})
+	}
+	require.NoError(t, it.Err())
+	require.False(t, ss.Next())
+	require.Equal(t, [][2]int64{{1000, 0}, {2000, 0}, {3000, 2500}, {4000, 2500}}, got)
 }
