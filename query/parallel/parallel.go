@@ -22,13 +22,18 @@
 // sliceable aggregation, or whose rewrite does not print back to the
 // original with the selector in place, runs unchanged. An avg whose mean
 // cannot be taken exactly as the engine takes it (native histograms,
-// non-finite values) makes the query run again unsliced.
+// non-finite values) makes the query run again unsliced, and its metric's
+// sums and means are not sliced for a while. Nor is an aggregation whose
+// slices returned about as many groups as they read series (avg by
+// (instance) of one series per instance): the outer query would aggregate
+// all of them again, which costs more than slicing saves.
 package parallel
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +62,9 @@ type Config struct {
 	// LookbackDelta is the engine's default lookback delta, which a
 	// rollup of a plain selector uses unless the query sets its own.
 	LookbackDelta time.Duration
+	// Now is the clock by which what the engine learned not to slice
+	// expires; time.Now when nil.
+	Now func() time.Time
 }
 
 // Engine is a promql.QueryEngine that slices what it can and hands the rest
@@ -70,16 +78,12 @@ type Engine struct {
 
 	sliced    prometheus.Counter
 	fallbacks prometheus.Counter
+	skipped   prometheus.Counter
 
-	// unsliced remembers the metrics whose sums or means had to be
-	// evaluated again unsliced (native histograms, mostly), so that their
-	// next queries do not pay twice. Bounded: cleared when full.
-	mu       sync.Mutex
-	unsliced map[string]struct{}
+	// memo keeps the next queries from paying again for a slicing that
+	// fell back or did not reduce the data.
+	memo *memo
 }
-
-// maxUnsliced bounds Engine.unsliced.
-const maxUnsliced = 4096
 
 // New returns an Engine. outer evaluates whole queries, and is where the
 // concurrency limit belongs; sub evaluates the slices of a query that
@@ -92,8 +96,12 @@ func New(cfg Config, outer, sub promql.QueryEngine, p parser.Parser, reg prometh
 	}
 	f := promauto.With(reg)
 	cfg.Slices = min(cfg.Slices, shard.NumPartitions) // more would be empty
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Engine{
 		cfg: cfg, outer: outer, sub: sub, parser: p, logger: logger,
+		memo: &memo{now: cfg.Now, expires: map[memoKey]time.Time{}},
 		sliced: f.NewCounter(prometheus.CounterOpts{
 			Name: "kiln_query_sliced_total",
 			Help: "Queries whose aggregations were evaluated in concurrent slices of the partitions.",
@@ -101,6 +109,12 @@ func New(cfg Config, outer, sub promql.QueryEngine, p parser.Parser, reg prometh
 		fallbacks: f.NewCounter(prometheus.CounterOpts{
 			Name: "kiln_query_slice_fallbacks_total",
 			Help: "Sliced queries evaluated again unsliced because a slice result could not be combined exactly (native histograms or non-finite values in avg).",
+		}),
+		// Named to sort after kiln_query_sliced_total, where tests
+		// gathering the registry expect the two above first.
+		skipped: f.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_query_slicing_skipped_total",
+			Help: "Sliceable aggregations evaluated unsliced because slicing them recently returned about as many groups as input series.",
 		}),
 	}
 }
@@ -139,31 +153,24 @@ func (e *Engine) plan(qs string, opts promql.QueryOpts) *plan {
 	if e.cfg.Slices <= 1 || (opts != nil && opts.EnablePerStepStats()) {
 		return nil
 	}
-	pl := newPlan(e.parser, qs)
-	if pl == nil {
-		return nil
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, s := range pl.sliced {
-		if _, ok := e.unsliced[s.metric]; ok && s.combine == inGo {
-			return nil
+	return newPlan(e.parser, qs, func(s *sliced) bool {
+		if s.combine == inGo && e.memo.has(memoKey{fellBack, s.metric}) {
+			return false
 		}
-	}
-	return pl
+		if e.memo.has(memoKey{wide, s.text}) {
+			e.skipped.Inc()
+			return false
+		}
+		return true
+	})
 }
 
 // remember marks the metrics of a run's inGo aggregations as not to be
-// sliced again.
+// sliced again for a while.
 func (e *Engine) remember(pl *plan) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.unsliced == nil || len(e.unsliced) >= maxUnsliced {
-		e.unsliced = map[string]struct{}{}
-	}
 	for _, s := range pl.sliced {
 		if s.combine == inGo {
-			e.unsliced[s.metric] = struct{}{}
+			e.memo.add(memoKey{fellBack, s.metric})
 		}
 	}
 }
@@ -214,6 +221,9 @@ func (q *query) Exec(ctx context.Context) *promql.Result {
 		res.Err = q.run.readErr
 	}
 	q.run.e.sliced.Inc()
+	if res.Err == nil {
+		q.run.learn()
+	}
 	return res
 }
 
@@ -294,4 +304,17 @@ func (r *run) finish() (fallback bool) {
 	}
 	r.done, r.fellBack = true, fallback
 	return fallback
+}
+
+// learn remembers the run's aggregations whose slices did not reduce the
+// data. The query that finds out has paid for the slicing already; the
+// next ones with the aggregation run it unsliced.
+func (r *run) learn() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, s := range r.started {
+		if s != nil && s.loaded && isWide(s.in.Load(), s.out) {
+			r.e.memo.add(memoKey{wide, strings.Clone(r.pl.sliced[i].text)})
+		}
+	}
 }

@@ -37,6 +37,7 @@ func newEngine(maxSamples int) *promql.Engine {
 type testEnv struct {
 	db       *shard.DB
 	plain    *promql.Engine
+	sub      *promql.Engine
 	sliced   *parallel.Engine
 	reg      *prometheus.Registry
 	start    time.Time
@@ -108,7 +109,7 @@ func newTestEnv(t *testing.T, maxSamples int) *testEnv {
 	plain, sub := newEngine(maxSamples), newEngine(maxSamples)
 	t.Cleanup(func() { _ = plain.Close(); _ = sub.Close() })
 	return &testEnv{
-		db: db, plain: plain, reg: reg,
+		db: db, plain: plain, sub: sub, reg: reg,
 		sliced: parallel.New(parallel.Config{Slices: 3, MaxSamples: maxSamples}, plain, sub, testParser, reg, nil),
 		start:  time.UnixMilli(30 * 60_000), end: time.UnixMilli(59 * 60_000), interval: 15 * time.Second,
 	}
@@ -339,9 +340,12 @@ func TestSliceAnnotations(t *testing.T) {
 }
 
 // TestSliceFallback: a sum over native histograms cannot be combined here,
-// so the query runs again unsliced; the metric is then not sliced again.
+// so the query runs again unsliced; the metric is then not sliced again
+// for ten minutes, while other aggregations of its queries are.
 func TestSliceFallback(t *testing.T) {
 	env := newTestEnv(t, 50_000_000)
+	c := &clock{t: time.Unix(1e9, 0)}
+	env.withClock(c)
 	app := env.db.Appender(context.Background())
 	for i := range 30 {
 		ls := labels.FromStrings("__name__", "hist", "instance", fmt.Sprint(i))
@@ -363,6 +367,19 @@ func TestSliceFallback(t *testing.T) {
 	env.run(t, env.sliced, qs, false)
 	require.Equal(t, 1.0, counter(t, env.reg, "kiln_query_slice_fallbacks_total"))
 	require.Zero(t, counter(t, env.reg, "kiln_query_sliced_total"))
+
+	both := qs + ` and on () sum(queue)`
+	want = env.run(t, env.plain, both, false)
+	got = env.run(t, env.sliced, both, false)
+	require.NoError(t, got.Err)
+	require.Equal(t, want.Value.String(), got.Value.String())
+	require.Equal(t, 1.0, counter(t, env.reg, "kiln_query_slice_fallbacks_total"))
+	require.Equal(t, 1.0, counter(t, env.reg, "kiln_query_sliced_total"))
+
+	c.advance(10 * time.Minute)
+	got = env.run(t, env.sliced, qs, false)
+	require.NoError(t, got.Err)
+	require.Equal(t, 2.0, counter(t, env.reg, "kiln_query_slice_fallbacks_total"))
 }
 
 var _ storage.Queryable = (*shard.DB)(nil)

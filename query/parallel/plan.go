@@ -40,6 +40,8 @@ type sliced struct {
 	without  bool
 	// metric is the one metric the argument selects.
 	metric string
+	// text is the aggregation's, which the engine remembers it by.
+	text string
 	// rollup, when set, computes an inGo argument without the engine.
 	rollup *rollup
 }
@@ -54,8 +56,9 @@ type plan struct {
 }
 
 // newPlan returns the plan for qs, or nil when nothing in it can be sliced
-// (or qs does not parse, which the engine then reports).
-func newPlan(p parser.Parser, qs string) *plan {
+// (or qs does not parse, which the engine then reports). A sliceable
+// aggregation that keep, when set, rejects is left to the outer query.
+func newPlan(p parser.Parser, qs string, keep func(*sliced) bool) *plan {
 	expr, err := p.ParseExpr(qs)
 	if err != nil {
 		return nil
@@ -68,6 +71,7 @@ func newPlan(p parser.Parser, qs string) *plan {
 	out := []byte(qs)
 	pl := &plan{}
 	next := 0
+	kept := found[:0]
 	for _, a := range found {
 		name := syntheticName(qs, &next)
 		ar, er := a.PositionRange(), a.Expr.PositionRange()
@@ -77,9 +81,14 @@ func newPlan(p parser.Parser, qs string) *plan {
 		// Sorted, as the label hashing of the grouping needs them.
 		grouping := slices.Clone(a.Grouping)
 		slices.Sort(grouping)
-		s := &sliced{name: name, op: a.Op, grouping: grouping, without: a.Without, metric: metricOf(a.Expr)}
+		s := &sliced{name: name, op: a.Op, grouping: grouping, without: a.Without, metric: metricOf(a.Expr), text: qs[ar.Start:ar.End]}
 		if a.Op == parser.AVG || a.Op == parser.SUM {
 			s.combine = inGo
+		}
+		if keep != nil && !keep(s) {
+			continue
+		}
+		if s.combine == inGo {
 			s.rollup = rollupOf(a.Expr)
 			s.sub = strings.Repeat(" ", int(er.Start)) + qs[er.Start:er.End]
 		} else {
@@ -95,9 +104,13 @@ func newPlan(p parser.Parser, qs string) *plan {
 			copy(out[ar.Start:], "sum  ")
 		}
 		pl.sliced = append(pl.sliced, s)
+		kept = append(kept, a)
+	}
+	if len(pl.sliced) == 0 {
+		return nil
 	}
 	pl.outer = string(out)
-	if !pl.verify(p, expr) {
+	if !pl.verify(p, expr, kept) {
 		return nil
 	}
 	return pl
@@ -106,19 +119,13 @@ func newPlan(p parser.Parser, qs string) *plan {
 // verify parses the outer query and checks it is the original with each
 // sliced aggregation's argument replaced by a plain synthetic selector (no
 // offset or @ left behind by a position range that did not cover them), as
-// printed expressions.
-func (pl *plan) verify(p parser.Parser, orig parser.Expr) bool {
+// printed expressions. found are the sliced aggregations, in orig.
+func (pl *plan) verify(p parser.Parser, orig parser.Expr, found []*parser.AggregateExpr) bool {
 	outer, err := p.ParseExpr(pl.outer)
 	if err != nil {
 		return false
 	}
-	// orig is not used afterwards: rewrite it in place, visiting it in the
-	// order findSliceable did.
-	var found []*parser.AggregateExpr
-	findSliceable(orig, &found)
-	if len(found) != len(pl.sliced) {
-		return false
-	}
+	// orig is not used afterwards: rewrite it in place.
 	for i, a := range found {
 		a.Expr = &parser.VectorSelector{
 			Name:          pl.sliced[i].name,

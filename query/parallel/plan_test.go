@@ -36,7 +36,7 @@ func TestPlan(t *testing.T) {
 		{`up`, "", nil},
 		{`sum(`, "", nil}, // the engine reports the parse error
 	} {
-		pl := newPlan(p, tc.qs)
+		pl := newPlan(p, tc.qs, nil)
 		if tc.outer == "" {
 			require.Nil(t, pl, tc.qs)
 			continue

@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/common/model"
@@ -56,6 +57,11 @@ type sliceRun struct {
 	wg      sync.WaitGroup
 	results []sliceResult
 	err     error // set when combining: errFallback
+	// in counts the series the slices read; out, once loaded, is how
+	// many series their results are to the outer query.
+	in     atomic.Int64
+	out    int64
+	loaded bool
 }
 
 type sliceResult struct {
@@ -81,6 +87,7 @@ func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 	n := r.e.cfg.Slices
 	ctx, cancel := context.WithCancel(ctx)
 	s := &sliceRun{results: make([]sliceResult, n), cancel: cancel}
+	q := counted{Queryable: r.q, n: &s.in}
 	r.mu.Lock()
 	if r.started == nil {
 		r.started = make([]*sliceRun, len(r.pl.sliced))
@@ -94,7 +101,7 @@ func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 			sctx := shard.WithQuerySlice(ctx, k, n)
 			sr := &s.results[k]
 			if sl.rollup != nil && !r.e.cfg.NoRollups {
-				sr.part, sr.samples, sr.err = sl.rollup.eval(sctx, r.q, sl, r.start, r.end, r.step, r.lookback(), r.e.cfg.MaxSamples)
+				sr.part, sr.samples, sr.err = sl.rollup.eval(sctx, q, sl, r.start, r.end, r.step, r.lookback(), r.e.cfg.MaxSamples)
 				return
 			}
 			var (
@@ -102,9 +109,9 @@ func (r *run) startSlices(ctx context.Context, i int) storage.SeriesSet {
 				err error
 			)
 			if r.step == 0 {
-				qry, err = r.e.sub.NewInstantQuery(sctx, r.q, r.opts, sl.sub, r.start)
+				qry, err = r.e.sub.NewInstantQuery(sctx, q, r.opts, sl.sub, r.start)
 			} else {
-				qry, err = r.e.sub.NewRangeQuery(sctx, r.q, r.opts, sl.sub, r.start, r.end, r.step)
+				qry, err = r.e.sub.NewRangeQuery(sctx, q, r.opts, sl.sub, r.start, r.end, r.step)
 			}
 			if err != nil {
 				sr.err = err
@@ -198,6 +205,7 @@ func (ss *sliceSet) load() {
 			ss.series = append(ss.series, promql.NewStorageSeries(withStaleMarkers(s, end, step)))
 		}
 	}
+	ss.s.out, ss.s.loaded = int64(len(ss.series)), true
 }
 
 // asMatrix turns an instant query's vector into one-point series.
