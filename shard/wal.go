@@ -336,7 +336,7 @@ func (w *wal) syncCurrent() error {
 		return err
 	}
 	start := time.Now()
-	err = f.Sync()
+	err = datasync(f)
 	w.fsync.Observe(time.Since(start).Seconds())
 	if errors.Is(err, os.ErrClosed) {
 		// Rotated meanwhile: rotation fsyncs the segment before closing

@@ -350,3 +350,13 @@ func TestWALReplayKeepsStartTimestamps(t *testing.T) {
 	require.False(t, ss.Next())
 	require.Equal(t, [][2]int64{{1000, 0}, {2000, 0}, {3000, 2500}, {4000, 2500}}, got)
 }
+
+func TestDatasyncReportsAClosedFileAsClosed(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "seg"))
+	require.NoError(t, err)
+	_, err = f.Write([]byte("x"))
+	require.NoError(t, err)
+	require.NoError(t, datasync(f))
+	require.NoError(t, f.Close())
+	require.ErrorIs(t, datasync(f), os.ErrClosed)
+}
