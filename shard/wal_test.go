@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
@@ -140,10 +142,14 @@ func TestWALTornTailIsTruncated(t *testing.T) {
 			appendFloats(t, db, ls, want[:10]...)
 			appendFloats(t, db, ls, want[10:]...)
 			segs := segmentFiles(t, walDir(db))
+			records := db.wal.size
 			crash(t, db)
 			last := segs[len(segs)-1].path
 			b, err := os.ReadFile(last)
 			require.NoError(t, err)
+			require.Greater(t, int64(len(b)), records, "preallocated")
+			require.Zero(t, bytes.Count(b[records:], []byte{0})-len(b[records:]), "preallocated with zeros")
+			b = b[:records]
 			good := int64(len(b))
 			require.NoError(t, os.WriteFile(last, damage(b), 0o644))
 			if name != "zero tail" && name != "short header" {
@@ -359,4 +365,56 @@ func TestDatasyncReportsAClosedFileAsClosed(t *testing.T) {
 	require.NoError(t, datasync(f))
 	require.NoError(t, f.Close())
 	require.ErrorIs(t, datasync(f), os.ErrClosed)
+}
+
+// levelCounter counts log records by level.
+type levelCounter struct {
+	mu sync.Mutex
+	n  map[slog.Level]int
+}
+
+func (h *levelCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *levelCounter) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.n[r.Level]++
+	return nil
+}
+func (h *levelCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *levelCounter) WithGroup(string) slog.Handler      { return h }
+
+// A crashed segment ends in preallocated zeros: replay keeps every record,
+// cuts the zeros without a warning, and rotated segments carry no zeros.
+func TestWALPreallocatedTailIsNotATornWrite(t *testing.T) {
+	dir := t.TempDir()
+	db := open(t, Config{Path: dir})
+	db.wal.segmentSize = 8 << 10 // a few segments, so rotations are covered
+	ls := labels.FromStrings("__name__", "m")
+	want := ramp(0, 2000)
+	for i := 0; i < len(want); i += 100 {
+		appendFloats(t, db, ls, want[i:i+100]...)
+	}
+	segs := segmentFiles(t, walDir(db))
+	require.Greater(t, len(segs), 2)
+	for _, s := range segs[:len(segs)-1] {
+		b, err := os.ReadFile(s.path)
+		require.NoError(t, err)
+		sr := newSegmentReader(bytes.NewReader(b), int64(len(b)))
+		for {
+			if _, err := sr.next(); err != nil {
+				require.ErrorIs(t, err, io.EOF, "segment %d ends with its last record", s.n)
+				break
+			}
+		}
+	}
+	crash(t, db)
+
+	logs := &levelCounter{n: map[slog.Level]int{}}
+	db, err := Open(Config{Path: dir, MemTableSize: 8 << 20}, prometheus.NewRegistry(), slog.New(logs))
+	require.NoError(t, err)
+	defer func() { _ = db.Close() }()
+	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"))[ls.String()])
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	require.Zero(t, logs.n[slog.LevelWarn]+logs.n[slog.LevelError], "no warning for a preallocated tail")
 }
