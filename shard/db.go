@@ -363,7 +363,7 @@ func (db *DB) commit(a *appender) error {
 
 var errClosed = errors.New("storage closed")
 
-func (db *DB) commitDurable(a *appender) error {
+func (db *DB) commitDurable(a *appender) (err error) {
 	start := time.Now()
 	db.commitMu.RLock()
 	defer db.commitMu.RUnlock()
@@ -371,16 +371,32 @@ func (db *DB) commitDurable(a *appender) error {
 	// Series records and metadata go to badger first, so they are durable
 	// no later than the write-ahead record that refers to them. Most
 	// commits have none and skip badger entirely.
-	err := db.saveSeries(a)
+	err = db.saveSeries(a)
 	walLen := 0
+	var synced <-chan error
 	if err == nil {
-		walLen, err = db.writeWAL(a)
+		walLen, synced, err = db.writeWAL(a)
 	}
 	if err != nil {
 		db.metrics.commitFailures.Inc()
 		return fmt.Errorf("commit write-ahead record: %w", err)
 	}
-	db.metrics.commitDuration.Observe(time.Since(start).Seconds())
+	// The samples are applied while the fsync runs: they are with the OS
+	// already (a killed process replays them), and the caller hears of
+	// success only once the fsync has returned. If it fails, the commit
+	// fails though its samples stay readable, which a retry, an exact
+	// duplicate, leaves as they are.
+	defer func() {
+		if synced != nil {
+			if serr := <-synced; serr != nil && err == nil {
+				db.metrics.commitFailures.Inc()
+				err = fmt.Errorf("commit write-ahead record: %w", serr)
+			}
+		}
+		if err == nil {
+			db.metrics.commitDuration.Observe(time.Since(start).Seconds())
+		}
+	}()
 
 	appended := 0
 	maxT := int64(math.MinInt64)
@@ -485,9 +501,9 @@ func (db *DB) saveSeries(a *appender) error {
 }
 
 // writeWAL appends the appender's samples to the write-ahead segment in one
-// write call and, unless SyncInterval is set, waits for an fsync covering
-// them. It returns the bytes written.
-func (db *DB) writeWAL(a *appender) (int, error) {
+// write call and, unless SyncInterval is set, starts an fsync covering them,
+// whose result it returns on a channel. It returns the bytes written.
+func (db *DB) writeWAL(a *appender) (int, <-chan error, error) {
 	vals := a.encodeWAL()
 	n := 0
 	frames := a.frames[:0]
@@ -499,13 +515,15 @@ func (db *DB) writeWAL(a *appender) (int, error) {
 	}
 	a.frames = frames
 	if len(frames) == 0 {
-		return n, nil
+		return n, nil, nil
 	}
 	pos, err := db.wal.append(frames)
-	if err == nil && db.cfg.SyncInterval <= 0 {
-		err = db.wal.syncTo(pos)
+	if err != nil || db.cfg.SyncInterval > 0 || db.wal.synced.Load() >= pos {
+		return n, nil, err
 	}
-	return n, err
+	synced := make(chan error, 1)
+	go func() { synced <- db.wal.syncTo(pos) }()
+	return n, synced, nil
 }
 
 // ExemplarQuerier implements storage.ExemplarQueryable.
