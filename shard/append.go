@@ -95,7 +95,7 @@ func (a *appender) recycle() {
 // labels.StableHash(ls) when hashed.
 func (a *appender) series(ref storage.SeriesRef, ls labels.Labels, hash uint64, hashed bool) (*memSeries, error) {
 	if ref != 0 {
-		if s := a.db.seriesByRef(uint64(ref)); s != nil && labels.Equal(s.lset, ls) {
+		if s, trusted := a.db.seriesByExtRef(ref); s != nil && (trusted || labels.Equal(s.lset, ls)) {
 			a.touch(s)
 			return s, nil
 		}
@@ -141,11 +141,11 @@ func (a *appender) addHashed(ref storage.SeriesRef, ls labels.Labels, hash uint6
 	s.mu.Unlock()
 	if errors.Is(err, errDup) {
 		a.db.metrics.duplicates.Inc()
-		return storage.SeriesRef(s.ref), nil
+		return a.db.extRef(s), nil
 	}
 	if err != nil {
 		a.db.metrics.rejected.WithLabelValues("duplicate_timestamp").Inc()
-		return storage.SeriesRef(s.ref), err
+		return a.db.extRef(s), err
 	}
 	hr := chunks.HeadSeriesRef(s.ref)
 	a.hasST = a.hasST || sm.st != 0
@@ -160,7 +160,7 @@ func (a *appender) addHashed(ref storage.SeriesRef, ls labels.Labels, hash uint6
 		a.samples = append(a.samples, record.RefSample{Ref: hr, ST: sm.st, T: sm.t, V: sm.f})
 		a.sseries = append(a.sseries, s)
 	}
-	return storage.SeriesRef(s.ref), nil
+	return a.db.extRef(s), nil
 }
 
 var errAppenderClosed = errors.New("appender already committed or rolled back")
@@ -250,7 +250,7 @@ func (a *appenderV1) Append(ref storage.SeriesRef, ls labels.Labels, t int64, v 
 func (*appenderV1) SetOptions(*storage.AppendOptions) {}
 
 func (a *appenderV1) AppendExemplar(ref storage.SeriesRef, ls labels.Labels, e exemplar.Exemplar) (storage.SeriesRef, error) {
-	if s := a.db.seriesByRef(uint64(ref)); s != nil {
+	if s, _ := a.db.seriesByExtRef(ref); s != nil {
 		ls = s.lset
 	}
 	a.exemplars = append(a.exemplars, pendingExemplar{lset: ls, e: e})

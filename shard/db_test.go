@@ -308,3 +308,39 @@ func TestPendingSamplesAreReadFlushedAndCut(t *testing.T) {
 	defer func() { _ = db.Close() }()
 	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, m)[ls.String()])
 }
+
+// A ref is trusted without comparing labels only when this instance handed
+// it out: a ref from another instance, or an untagged one, that happens to
+// name another series here must not send samples to that series.
+func TestForeignRefsDoNotRedirectSamples(t *testing.T) {
+	a := labels.FromStrings("__name__", "a")
+	b := labels.FromStrings("__name__", "b")
+	m := labels.MustNewMatcher(labels.MatchRegexp, "__name__", "a|b")
+	db1 := open(t, Config{})
+	defer func() { _ = db1.Close() }()
+	db2 := open(t, Config{})
+	defer func() { _ = db2.Close() }()
+
+	app1 := db1.AppenderV2(context.Background())
+	refA1, err := app1.Append(0, a, 0, 1000, 1, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	require.NoError(t, app1.Commit())
+	appendFloats(t, db2, a, pt{1000, 1}) // same internal ref as in db1
+
+	app2 := db2.AppenderV2(context.Background())
+	for i, ref := range []storage.SeriesRef{refA1, refA1 & refMask} {
+		_, err = app2.Append(ref, b, 0, 2000+int64(i), 2, nil, nil, storage.AOptions{})
+		require.NoError(t, err)
+	}
+	// This instance's own ref is trusted and lands on its series.
+	refA2, err := app2.Append(0, a, 0, 3000, 3, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	require.NotEqual(t, refA1, refA2, "instances tag their refs apart")
+	_, err = app2.Append(refA2, a, 0, 4000, 4, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	require.NoError(t, app2.Commit())
+
+	got := queryFloats(t, db2, math.MinInt64, math.MaxInt64, m)
+	require.Equal(t, []pt{{1000, 1}, {3000, 3}, {4000, 4}}, got[a.String()])
+	require.Len(t, got[b.String()], 2)
+}
