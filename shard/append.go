@@ -37,6 +37,7 @@ type appender struct {
 	scratch                    []byte // a write-ahead record being encoded
 	walBuf                     []byte // the commit's write-ahead values
 	frames                     []byte // the commit's framed segment records
+	cellAdds                   []cellAdd
 	// minT is the retention cutoff when the transaction began: reading the
 	// clock per sample was a twentieth of a peer's CPU.
 	minT int64
@@ -65,7 +66,7 @@ func (db *DB) AppenderV2(ctx context.Context) storage.AppenderV2 {
 func (db *DB) newAppender(ctx context.Context) *appender {
 	a := &appender{db: db, ctx: ctx, minT: db.minValidTime()}
 	if b, ok := db.appendBufs.Get().(*appendBufs); ok {
-		a.samples, a.sseries, a.scratch, a.walBuf, a.frames = b.samples, b.sseries, b.scratch, b.walBuf, b.frames
+		a.samples, a.sseries, a.scratch, a.walBuf, a.frames, a.cellAdds = b.samples, b.sseries, b.scratch, b.walBuf, b.frames, b.cellAdds
 	}
 	return a
 }
@@ -73,22 +74,23 @@ func (db *DB) newAppender(ctx context.Context) *appender {
 // appendBufs are an appender's float buffers, reused by the next appender:
 // growing them sample by sample was a fifth of the CPU of an append.
 type appendBufs struct {
-	samples []record.RefSample
-	sseries []*memSeries
-	scratch []byte
-	walBuf  []byte
-	frames  []byte
+	samples  []record.RefSample
+	sseries  []*memSeries
+	scratch  []byte
+	walBuf   []byte
+	frames   []byte
+	cellAdds []cellAdd
 }
 
 // recycle hands the buffers to the next appender once a commit or rollback
 // has finished with them (the write-ahead segment write has returned).
 func (a *appender) recycle() {
-	if cap(a.samples) > 1<<20 || cap(a.frames) > 16<<20 || cap(a.walBuf) > 16<<20 {
+	if cap(a.samples) > 1<<20 || cap(a.frames) > 16<<20 || cap(a.walBuf) > 16<<20 || cap(a.cellAdds) > 1<<20 {
 		return // an outsized request does not pin its memory
 	}
 	clear(a.sseries) // drop the series pointers
-	a.db.appendBufs.Put(&appendBufs{samples: a.samples[:0], sseries: a.sseries[:0], scratch: a.scratch[:0], walBuf: a.walBuf[:0], frames: a.frames[:0]})
-	a.samples, a.sseries, a.scratch, a.walBuf, a.frames = nil, nil, nil, nil, nil
+	a.db.appendBufs.Put(&appendBufs{samples: a.samples[:0], sseries: a.sseries[:0], scratch: a.scratch[:0], walBuf: a.walBuf[:0], frames: a.frames[:0], cellAdds: a.cellAdds[:0]})
+	a.samples, a.sseries, a.scratch, a.walBuf, a.frames, a.cellAdds = nil, nil, nil, nil, nil, nil
 }
 
 // series resolves ref or labels to a series, creating it when new. hash is

@@ -52,7 +52,6 @@ func cellOf(t int64) int64 {
 }
 
 type partCells struct {
-	mu sync.Mutex
 	// hot is the newest cell, where nearly every sample lands: kept out of
 	// the map, as a map update per sample was a sixth of a commit's CPU.
 	hot     int64
@@ -62,7 +61,7 @@ type partCells struct {
 	dropped bool
 }
 
-// get returns the digest of cell c; the caller holds mu.
+// get returns the digest of cell c; the caller holds the cellState's mu.
 func (pc *partCells) get(c int64) CellDigest {
 	if pc.hasHot && c == pc.hot {
 		return pc.hotD
@@ -72,9 +71,22 @@ func (pc *partCells) get(c int64) CellDigest {
 
 // cellState is the DB's cell digests.
 type cellState struct {
+	// mu guards parts. One lock for all partitions, taken once per
+	// commit: a lock per sample on its partition was a tenth of a commit
+	// (two atomic instructions per sample), and a commit holds this one for
+	// a few microseconds.
+	mu    sync.Mutex
 	parts [NumPartitions]partCells
 	// from is the first cell index that may be valid. It only grows.
 	from atomic.Int64
+}
+
+// cellAdd is one sample's contribution to its partition's cell, collected
+// by a commit and added with the others by addAll.
+type cellAdd struct {
+	c    int64
+	h    uint64
+	part uint16
 }
 
 // invalidateThrough makes every cell up to and including the one holding
@@ -90,9 +102,10 @@ func (cs *cellState) invalidateThrough(t int64) {
 			break
 		}
 	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
 	for i := range cs.parts {
 		pc := &cs.parts[i]
-		pc.mu.Lock()
 		for c := range pc.cells {
 			if c < from {
 				delete(pc.cells, c)
@@ -101,54 +114,67 @@ func (cs *cellState) invalidateThrough(t int64) {
 		if pc.hasHot && pc.hot < from {
 			pc.hasHot, pc.hotD = false, CellDigest{}
 		}
-		pc.mu.Unlock()
 	}
 }
 
 // drop makes partition p's cells invalid until restart: its data was
 // removed without being subtracted.
 func (cs *cellState) drop(p uint16) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
 	pc := &cs.parts[p]
-	pc.mu.Lock()
 	pc.dropped = true
 	pc.cells = nil
 	pc.hasHot, pc.hotD = false, CellDigest{}
-	pc.mu.Unlock()
 }
 
-// add counts one sample of series s, which the caller has just appended.
-func (cs *cellState) add(s *memSeries, sm sample) {
+// collect appends to dst the contribution of one sample of series s, which
+// the caller has just appended; addAll then counts it.
+func (cs *cellState) collect(dst []cellAdd, s *memSeries, sm sample) []cellAdd {
 	c := cellOf(sm.t)
 	if c < cs.from.Load() {
-		return // never read
+		return dst // never read
 	}
-	h := sampleHash(s.stableHash, sm)
-	pc := &cs.parts[s.part]
-	pc.mu.Lock()
-	switch {
-	case pc.hasHot && c == pc.hot:
-		pc.hotD.Samples++
-		pc.hotD.Sum += h
-	case !pc.hasHot || c > pc.hot:
-		if pc.hasHot {
+	return append(dst, cellAdd{c: c, h: sampleHash(s.stableHash, sm), part: s.part})
+}
+
+// addAll counts samples collected by collect.
+func (cs *cellState) addAll(adds []cellAdd) {
+	if len(adds) == 0 {
+		return
+	}
+	from := cs.from.Load()
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, a := range adds {
+		if a.c < from {
+			continue // invalidated meanwhile
+		}
+		pc := &cs.parts[a.part]
+		switch {
+		case pc.hasHot && a.c == pc.hot:
+			pc.hotD.Samples++
+			pc.hotD.Sum += a.h
+		case !pc.hasHot || a.c > pc.hot:
+			if pc.hasHot {
+				if pc.cells == nil {
+					pc.cells = map[int64]CellDigest{}
+				}
+				pc.cells[pc.hot] = pc.hotD
+			}
+			// The map holds only cells older than hot (or none, when
+			// there is no hot cell), so c starts afresh.
+			pc.hot, pc.hotD, pc.hasHot = a.c, CellDigest{Samples: 1, Sum: a.h}, true
+		default: // an older cell (out of order, backfill)
 			if pc.cells == nil {
 				pc.cells = map[int64]CellDigest{}
 			}
-			pc.cells[pc.hot] = pc.hotD
+			d := pc.cells[a.c]
+			d.Samples++
+			d.Sum += a.h
+			pc.cells[a.c] = d
 		}
-		// The map holds only cells older than hot (or none, when there
-		// is no hot cell), so c starts afresh.
-		pc.hot, pc.hotD, pc.hasHot = c, CellDigest{Samples: 1, Sum: h}, true
-	default: // an older cell (out of order, backfill)
-		if pc.cells == nil {
-			pc.cells = map[int64]CellDigest{}
-		}
-		d := pc.cells[c]
-		d.Samples++
-		d.Sum += h
-		pc.cells[c] = d
 	}
-	pc.mu.Unlock()
 }
 
 // sampleHash hashes a sample of the series whose labels' StableHash is
@@ -176,14 +202,14 @@ func (db *DB) PartitionCells(p uint16, mint, maxt int64, dst []CellDigest) ([]Ce
 	if last-first >= maxCells || first < db.cells.from.Load() {
 		return dst, false
 	}
+	db.cells.mu.Lock()
 	pc := &db.cells.parts[p]
-	pc.mu.Lock()
 	dropped := pc.dropped
 	n := len(dst)
 	for c := first; c <= last; c++ {
 		dst = append(dst, pc.get(c))
 	}
-	pc.mu.Unlock()
+	db.cells.mu.Unlock()
 	// Retention may have invalidated the cells meanwhile.
 	if dropped || first < db.cells.from.Load() {
 		return dst[:n], false

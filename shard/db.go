@@ -434,7 +434,7 @@ func (db *DB) commitDurable(a *appender) (err error) {
 		s.mu.Lock()
 		ok, err := s.append(sm, db.newChunkSeq)
 		if ok && !s.deleted {
-			db.cells.add(s, sm)
+			a.cellAdds = db.cells.collect(a.cellAdds, s, sm)
 		}
 		s.mu.Unlock()
 		switch {
@@ -459,6 +459,7 @@ func (db *DB) commitDurable(a *appender) (err error) {
 	for i, r := range a.fhists {
 		apply(a.fhseries[i], sample{st: r.ST, t: r.T, fh: r.FH})
 	}
+	db.cells.addAll(a.cellAdds)
 	db.metrics.samplesAppended.Add(float64(appended))
 	for {
 		cur := db.maxTime.Load()
