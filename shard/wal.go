@@ -353,11 +353,11 @@ func (w *wal) append(frames []byte) (uint64, error) {
 			w.err = fmt.Errorf("write-ahead segment %d unusable after a failed write (restart to recover): %w", w.seg, errors.Join(err, terr))
 			w.logger.Error("write-ahead log failed", "err", w.err)
 		}
+		w.bytes.Add(w.size - w.alloc)
 		w.alloc = w.size
 		return 0, fmt.Errorf("write write-ahead record: %w", err)
 	}
-	w.size += int64(len(frames))
-	w.bytes.Add(int64(len(frames)))
+	w.size += int64(len(frames)) // w.bytes counted them as preallocated
 	w.written++
 	return w.written, nil
 }
@@ -374,6 +374,7 @@ func (w *wal) preallocate(size int64) error {
 			return err
 		}
 		w.alloc += n
+		w.bytes.Add(n)
 	}
 	return nil
 }
@@ -387,6 +388,7 @@ func (w *wal) trim() error {
 	if err := w.f.Truncate(w.size); err != nil {
 		return err
 	}
+	w.bytes.Add(w.size - w.alloc)
 	w.alloc = w.size
 	return nil
 }

@@ -396,6 +396,13 @@ func TestWALPreallocatedTailIsNotATornWrite(t *testing.T) {
 	}
 	segs := segmentFiles(t, walDir(db))
 	require.Greater(t, len(segs), 2)
+	var onDisk int64
+	for _, s := range segs {
+		fi, err := os.Stat(s.path)
+		require.NoError(t, err)
+		onDisk += fi.Size()
+	}
+	require.Equal(t, onDisk, db.wal.bytes.Load(), "the segment bytes metric counts preallocated zeros")
 	for _, s := range segs[:len(segs)-1] {
 		b, err := os.ReadFile(s.path)
 		require.NoError(t, err)
