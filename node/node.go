@@ -182,7 +182,7 @@ func (n *Node) build() error {
 		LookbackDelta:  n.cfg.LookbackDelta,
 	}, api.Deps{
 		Queryable: n.reads,
-		Exemplars: n.db,
+		Exemplars: n.reads,
 		Metadata:  n.reads,
 		Stats:     statsSource{n.db},
 		Gatherer:  n.reg,

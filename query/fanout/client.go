@@ -21,6 +21,7 @@ const (
 	pathLabels      = "/internal/v1/labels"
 	pathLabelValues = "/internal/v1/label_values"
 	pathMetadata    = "/internal/v1/metadata"
+	pathExemplars   = "/internal/v1/exemplars"
 )
 
 // errBadRequest marks a peer's 4xx answer: the request itself is wrong, so

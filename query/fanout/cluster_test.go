@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/promql"
@@ -514,4 +515,56 @@ func TestFewerReplicasThanQuorumWarns(t *testing.T) {
 	require.Positive(t, n, "the data this node holds is answered")
 	require.Len(t, ss.Warnings(), 1)
 	require.ErrorContains(t, ss.Warnings().AsErrors()[0], "1024 of 1024 partitions were read from fewer live replicas than the read quorum")
+}
+
+func TestExemplarsMerged(t *testing.T) {
+	c := newCluster(t, 3, 2, Config{Timeout: 10 * time.Second})
+	ctx := context.Background()
+	ex := func(trace string, ts int64) exemplar.Exemplar {
+		return exemplar.Exemplar{Labels: labels.FromStrings("trace_id", trace), Value: float64(ts), Ts: ts, HasTs: true}
+	}
+	lsA := labels.FromStrings("__name__", "req", "i", "a")
+	lsB := labels.FromStrings("__name__", "req", "i", "b")
+	add := func(nd *node, ls labels.Labels, es ...exemplar.Exemplar) {
+		app := nd.db.AppenderV2(ctx)
+		_, err := app.Append(0, ls, 0, es[0].Ts, 1, nil, nil, storage.AOptions{Exemplars: es})
+		require.NoError(t, err)
+		require.NoError(t, app.Commit())
+	}
+	// a's exemplar at 1000 is on two replicas; each node holds others.
+	add(c.nodes[0], lsA, ex("t1", 1000))
+	add(c.nodes[1], lsA, ex("t1", 1000))
+	add(c.nodes[1], lsA, ex("t2", 2000))
+	add(c.nodes[2], lsB, ex("t3", 1500))
+	add(c.nodes[2], labels.FromStrings("__name__", "other"), ex("t4", 1500))
+
+	want := []exemplar.QueryResult{
+		{SeriesLabels: lsA, Exemplars: []exemplar.Exemplar{ex("t1", 1000), ex("t2", 2000)}},
+		{SeriesLabels: lsB, Exemplars: []exemplar.Exemplar{ex("t3", 1500)}},
+	}
+	m := []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "__name__", "req")}
+	for _, nd := range c.nodes {
+		eq, err := nd.q.ExemplarQuerier(ctx)
+		require.NoError(t, err)
+		got, err := eq.Select(0, 10000, m)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "through %s", nd.name)
+	}
+	// Two matcher sets, and a time range that leaves t2 out.
+	eq, err := c.nodes[0].q.ExemplarQuerier(ctx)
+	require.NoError(t, err)
+	got, err := eq.Select(0, 1800, []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "i", "b")}, []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "__name__", "other")})
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.Equal(t, "other", got[0].SeriesLabels.Get("__name__"))
+	require.Equal(t, lsB, got[1].SeriesLabels)
+
+	c.stop(t, 2)
+	_, err = eq.Select(0, 10000, m)
+	require.Error(t, err)
+	eq, err = c.nodes[0].q.ExemplarQuerier(WithPartialResponse(ctx, true))
+	require.NoError(t, err)
+	got, err = eq.Select(0, 10000, m)
+	require.NoError(t, err)
+	require.Equal(t, want[:1], got)
 }

@@ -59,6 +59,7 @@ type Local interface {
 	// PartitionCells appends partition p's cell digests over [mint, maxt]
 	// to dst; false when they are not valid (shard/cells.go).
 	PartitionCells(p uint16, mint, maxt int64, dst []shard.CellDigest) ([]shard.CellDigest, bool)
+	storage.ExemplarQueryable
 }
 
 // Config configures the fan-out.
@@ -133,7 +134,10 @@ type Queryable struct {
 	noDigests bool
 }
 
-var _ storage.SampleAndChunkQueryable = (*Queryable)(nil)
+var (
+	_ storage.SampleAndChunkQueryable = (*Queryable)(nil)
+	_ storage.ExemplarQueryable       = (*Queryable)(nil)
+)
 
 // New builds the Queryable. Metrics go to reg (nil: not registered).
 func New(cfg Config, topo Topology, local Local, reg prometheus.Registerer, logger *slog.Logger) (*Queryable, error) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/storage"
@@ -59,6 +60,11 @@ func FuzzUnmarshalRequest(f *testing.F) {
 	})
 }
 
+var seedExemplars = []exemplar.Exemplar{
+	{Labels: labels.FromStrings("trace_id", "abc"), Value: 1.5, Ts: -3, HasTs: true},
+	{Labels: labels.EmptyLabels(), Value: math.Inf(1), Ts: 7},
+}
+
 // responseSeed encodes a response with every frame type.
 func responseSeed(t testing.TB) []byte {
 	var buf bytes.Buffer
@@ -76,6 +82,7 @@ func responseSeed(t testing.TB) []byte {
 	ps.Add(5)
 	require.NoError(t, fw.same(&ps))
 	require.NoError(t, fw.digest(5, partDigest{series: 2, sum: 3}))
+	require.NoError(t, fw.exemplars(labels.FromStrings("a", "b"), seedExemplars))
 	require.NoError(t, fw.end())
 	return buf.Bytes()
 }
@@ -90,11 +97,13 @@ func TestFrameRoundTrip(t *testing.T) {
 	require.Equal(t, chunkenc.ValFloat, it.Seek(15))
 	ts, v := it.At()
 	require.Equal(t, []any{int64(20), 2.0}, []any{ts, v})
-	for _, typ := range []byte{frameString, frameMetadata, frameWarning, frameSame, frameDigest} {
+	for _, typ := range []byte{frameString, frameMetadata, frameWarning, frameSame, frameDigest, frameExemplars} {
 		f, err = fr.next()
 		require.NoError(t, err)
 		require.Equal(t, typ, f.typ)
 	}
+	require.Equal(t, labels.FromStrings("a", "b"), f.lset)
+	require.Equal(t, seedExemplars, f.exemplars)
 	_, err = fr.next()
 	require.ErrorIs(t, err, io.EOF)
 

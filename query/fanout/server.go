@@ -13,8 +13,8 @@ import (
 )
 
 // Handle serves the peer side of the read protocol: POST
-// /internal/v1/select, /select_digest, /labels, /label_values and
-// /metadata, answered from
+// /internal/v1/select, /select_digest, /labels, /label_values, /metadata
+// and /exemplars, answered from
 // the local storage only (never fanned out again). See wire.go for the
 // format. The response is encoded in full before it is sent, so a storage
 // error is still a clean 500 and the caller can retry elsewhere.
@@ -25,7 +25,7 @@ func (q *Queryable) Handle(fctx *fasthttp.RequestCtx) {
 	}
 	path := string(fctx.Path())
 	switch path {
-	case pathSelect, pathDigest, pathLabels, pathLabelValues, pathMetadata:
+	case pathSelect, pathDigest, pathLabels, pathLabelValues, pathMetadata, pathExemplars:
 	default:
 		fctx.Error("not found", fasthttp.StatusNotFound)
 		return
@@ -59,6 +59,8 @@ func (q *Queryable) Handle(fctx *fasthttp.RequestCtx) {
 		err = q.serveLabels(ctx, req, path == pathLabels, fw)
 	case pathMetadata:
 		err = q.serveMetadata(ctx, req, fw)
+	case pathExemplars:
+		err = q.serveExemplars(ctx, req, fw)
 	}
 	if err == nil {
 		err = fw.end()

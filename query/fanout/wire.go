@@ -12,6 +12,7 @@ import (
 	"github.com/golang/snappy"
 
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/storage"
@@ -48,6 +49,9 @@ import (
 //	digest:   partition uvarint, series uvarint, sum u64 little-endian
 //	same:     partition bitmap (16 × u64 little-endian)
 //	          (digest and same answer select_digest; see digest.go)
+//	exemplars: series label count uvarint, name/value strs, exemplar count
+//	          uvarint, per exemplar: label count uvarint, name/value strs,
+//	          value u64 little-endian (float bits), ts varint, has-ts byte
 //
 // Series come sorted by labels, their chunks in time order without overlap.
 // Chunks hold only samples inside the requested range unless the hints ask
@@ -67,6 +71,7 @@ const (
 	frameWarning
 	frameDigest
 	frameSame
+	frameExemplars
 )
 
 // Limits on what a decoder accepts, so a corrupt message cannot make it
@@ -76,6 +81,7 @@ const (
 	maxMatchers   = 1 << 12
 	maxLabels     = 1 << 12
 	maxChunks     = 1 << 20
+	maxExemplars  = 1 << 20
 	maxGrouping   = 1 << 12
 	maxTimeoutMS  = 1 << 40
 	maxHintLimits = math.MaxInt32
@@ -414,6 +420,8 @@ type frame struct {
 	part   uint16 // digest
 	digest partDigest
 	parts  shard.PartitionSet // same
+	// exemplars of the series lset (exemplars frame)
+	exemplars []exemplar.Exemplar
 }
 
 // frameReader decodes response frames from a decompressed response held in
@@ -463,6 +471,8 @@ func (fr *frameReader) next() (frame, error) {
 		f.meta = metadata.Metadata{Type: model.MetricType(s[1]), Unit: s[2], Help: s[3]}
 	case frameSeries:
 		fr.series(&f)
+	case frameExemplars:
+		fr.exemplars(&f)
 	case frameSame:
 		if len(d.b) < 8*len(f.parts) {
 			d.fail()
@@ -491,14 +501,15 @@ func (fr *frameReader) next() (frame, error) {
 	return f, nil
 }
 
-func (fr *frameReader) series(f *frame) {
+// labels decodes a label set: a count and name/value pairs.
+func (fr *frameReader) labels() labels.Labels {
 	d := &fr.d
 	n := d.uvarint(maxLabels)
 	fr.sb.Reset()
 	for range n {
 		name, value := d.bytes(), d.bytes()
 		if d.err != nil {
-			return
+			return labels.EmptyLabels()
 		}
 		// Labels copies the strings out (one allocation for the series
 		// under stringlabels); with other label builds they keep pointing
@@ -506,9 +517,17 @@ func (fr *frameReader) series(f *frame) {
 		fr.sb.Add(unsafe.String(unsafe.SliceData(name), len(name)), unsafe.String(unsafe.SliceData(value), len(value)))
 	}
 	fr.sb.Sort()
-	f.lset = fr.sb.Labels()
+	return fr.sb.Labels()
+}
+
+func (fr *frameReader) series(f *frame) {
+	d := &fr.d
+	f.lset = fr.labels()
+	if d.err != nil {
+		return
+	}
 	// Check the chunks now, so that iterating them cannot fail on framing.
-	n = d.uvarint(maxChunks)
+	n := d.uvarint(maxChunks)
 	start := d.b
 	prevMaxt := int64(math.MinInt64)
 	for i := range n {
