@@ -283,6 +283,9 @@ func (n *Node) Run(ctx context.Context) error {
 	stopRun()
 	n.ready.Store(false)
 	n.logger.Info("shutting down")
+	// After the hand-over, which peers fetch from: the server's shutdown
+	// waits for open streams, and an export at the move rate may be long.
+	n.moves.StopExports()
 	shutdownErr := n.srv.ShutdownWithContext(context.Background())
 	err := g.Wait()
 	stopCluster()

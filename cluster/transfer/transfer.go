@@ -95,6 +95,10 @@ type Transfer struct {
 	client *http.Client
 	logger *slog.Logger
 	m      metrics
+	// exports is the context of the partition exports this node serves;
+	// StopExports cancels it.
+	exports     context.Context
+	stopExports context.CancelFunc
 }
 
 type metrics struct {
@@ -105,6 +109,12 @@ type metrics struct {
 	repaired      *prometheus.CounterVec
 	differing     prometheus.Counter
 }
+
+// StopExports ends the partition exports this node is serving, and fails
+// those asked for later: a node shutting down must not wait for a peer's
+// fetch at the move rate, which can take minutes. The peer sees a stream
+// without its trailer, an error, and fetches from another owner.
+func (t *Transfer) StopExports() { t.stopExports() }
 
 // New returns a Transfer over store.
 func New(cfg Config, topo Topology, store Store, reg prometheus.Registerer, logger *slog.Logger) *Transfer {
@@ -127,8 +137,10 @@ func New(cfg Config, topo Topology, store Store, reg prometheus.Registerer, logg
 		logger = slog.New(slog.DiscardHandler)
 	}
 	f := promauto.With(reg)
+	exports, stopExports := context.WithCancel(context.Background())
 	return &Transfer{
 		cfg: cfg, topo: topo, store: store, logger: logger,
+		exports: exports, stopExports: stopExports,
 		// No overall timeout: a partition stream may take minutes at the
 		// move rate; contexts bound each call. A peer that does not answer
 		// at all (paused, cut off) fails the dial or the header wait.
@@ -251,7 +263,7 @@ func (t *Transfer) Handle(ctx *fasthttp.RequestCtx) {
 			cw := &countingWriter{w: w}
 			// The stream ends with a trailer frame: an export cut short
 			// is an error on the importing side, not silent data loss.
-			if _, err := t.store.ExportPartition(context.Background(), part, mint, maxt, cw, shard.ExportOptions{BytesPerSecond: t.cfg.MoveRate}); err != nil {
+			if _, err := t.store.ExportPartition(t.exports, part, mint, maxt, cw, shard.ExportOptions{BytesPerSecond: t.cfg.MoveRate}); err != nil {
 				t.logger.Warn("partition export failed", "partition", part, "err", err)
 			}
 			t.m.exportedBytes.Add(float64(cw.n))

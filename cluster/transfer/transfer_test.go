@@ -183,3 +183,31 @@ func FuzzDecodeDigests(f *testing.F) {
 		require.Equal(t, ds, again)
 	})
 }
+
+// A node shutting down stops serving exports: a fetch in progress, or asked
+// for later, fails instead of holding the node until the stream is done.
+func TestStopExportsEndsStreams(t *testing.T) {
+	now := time.Now()
+	a, b := twoNodes(t, now)
+	for k := range 30 {
+		write(t, a.db, "m", 500, now.Add(-time.Duration(k)*time.Minute).UnixMilli(), float64(k))
+	}
+	a.tr.cfg.MoveRate = 16 // the partition's stream takes ~10 s at this rate
+	p := shard.PartitionOf(labels.FromStrings("__name__", "m", "i", "0"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.tr.Fetch(ctx, p, a.m)
+		done <- err
+	}()
+	a.tr.StopExports()
+	select {
+	case err := <-done:
+		require.Error(t, err)
+	case <-ctx.Done():
+		t.Fatal("the fetch outlived StopExports")
+	}
+	_, err := b.tr.Fetch(ctx, p, a.m)
+	require.Error(t, err, "a fetch after StopExports fails")
+}
