@@ -2,6 +2,7 @@ package shard
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"sync"
@@ -98,6 +99,7 @@ type memSeries struct {
 	headVT    chunkenc.ValueType
 	headFull  bool
 	lastKnown bool // lastF is the value at lastT (false after a restart)
+	lastHist  bool // the sample at lastT is lastH or lastFH
 	deleted   bool
 
 	lset      labels.Labels
@@ -106,6 +108,10 @@ type memSeries struct {
 	// diskMaxT is the newest timestamp held only by chunks on disk (evicted
 	// from memory or written before a restart); math.MinInt64 when none.
 	diskMaxT int64
+	// lastH or lastFH is the sample at lastT when it is a histogram
+	// (lastHist), so that a resent histogram is found a duplicate.
+	lastH  *histogram.Histogram
+	lastFH *histogram.FloatHistogram
 	// pend holds in-order float samples not yet encoded into the open
 	// chunk. Encoding them a few at a time touches the chunk's scattered
 	// lines (appender, stream, header, tail) once per batch instead of once
@@ -135,33 +141,51 @@ func newMemSeries(ref uint64, part uint16, ls labels.Labels, stableHash uint64) 
 // check reports whether sm can be appended, without changing the series.
 // nil, errDup (an exact duplicate, dropped) or a storage error.
 func (s *memSeries) check(sm sample) error {
-	if sm.t == s.lastT && s.lastKnown && sm.valueType() == chunkenc.ValFloat && !s.lastIsHistogram() {
-		if math.Float64bits(sm.f) == math.Float64bits(s.lastF) {
-			return errDup
+	if sm.t == s.lastT && s.lastKnown {
+		last := sample{t: s.lastT, f: s.lastF}
+		if s.lastHist {
+			last.h, last.fh = s.lastH, s.lastFH
 		}
-		return storage.NewDuplicateFloatErr(sm.t, s.lastF, sm.f)
+		if err := sameTimestamp(sm, last); err != nil {
+			return err
+		}
 	}
 	if sm.t >= s.lastT || len(s.ooo) == 0 {
 		return nil
 	}
 	i, found := slices.BinarySearchFunc(s.ooo, sm.t, func(a sample, t int64) int { return cmpInt64(a.t, t) })
-	if found && sm.valueType() == chunkenc.ValFloat && s.ooo[i].valueType() == chunkenc.ValFloat {
-		if math.Float64bits(sm.f) == math.Float64bits(s.ooo[i].f) {
-			return errDup
-		}
-		return storage.NewDuplicateFloatErr(sm.t, s.ooo[i].f, sm.f)
+	if found {
+		return sameTimestamp(sm, s.ooo[i])
 	}
 	return nil
 }
 
-var errDup = errors.New("exact duplicate")
-
-func (s *memSeries) lastIsHistogram() bool {
-	if len(s.chunks) == 0 {
-		return false
+// sameTimestamp judges sm against the stored sample old of its timestamp:
+// errDup for an exact duplicate, a duplicate-timestamp error for another
+// value of the same type. Samples of different types are left to the
+// reads, which pick one (nil).
+func sameTimestamp(sm, old sample) error {
+	switch {
+	case sm.h == nil && sm.fh == nil && old.h == nil && old.fh == nil:
+		if math.Float64bits(sm.f) == math.Float64bits(old.f) {
+			return errDup
+		}
+		return storage.NewDuplicateFloatErr(sm.t, old.f, sm.f)
+	case sm.h != nil && old.h != nil:
+		if sm.h.Equals(old.h) {
+			return errDup
+		}
+	case sm.fh != nil && old.fh != nil:
+		if sm.fh.Equals(old.fh) {
+			return errDup
+		}
+	default:
+		return nil
 	}
-	return s.chunks[len(s.chunks)-1].valueType() != chunkenc.ValFloat
+	return fmt.Errorf("%w %d: another histogram is stored there", storage.ErrDuplicateSampleForTimestamp, sm.t)
 }
+
+var errDup = errors.New("exact duplicate")
 
 func cmpInt64(a, b int64) int {
 	switch {
@@ -198,9 +222,11 @@ func (s *memSeries) append(sm sample, newSeq func() uint64) (bool, error) {
 	if err := s.appendInOrder(sm, newSeq); err != nil {
 		return false, err
 	}
-	s.lastT = sm.t
-	s.lastF = sm.f
-	s.lastKnown = true
+	s.lastT, s.lastF, s.lastKnown = sm.t, sm.f, true
+	if hist := sm.h != nil || sm.fh != nil; hist || s.lastHist {
+		// lastH and lastFH live outside the lines a float append reads.
+		s.lastH, s.lastFH, s.lastHist = sm.h, sm.fh, hist
+	}
 	return true, nil
 }
 
