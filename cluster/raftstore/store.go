@@ -227,7 +227,9 @@ func decodeLog(b []byte, l *raft.Log) error {
 
 func readBytes(b []byte) (field, rest []byte, err error) {
 	n, k := binary.Uvarint(b)
-	if k <= 0 || n > uint64(len(b)-k) {
+	// A last byte of zero after others is a longer encoding than the
+	// writer's: not a record it wrote.
+	if k <= 0 || k > 1 && b[k-1] == 0 || n > uint64(len(b)-k) {
 		return nil, nil, fmt.Errorf("%w: bad length", ErrCorrupt)
 	}
 	b = b[k:]
