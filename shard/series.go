@@ -58,7 +58,6 @@ type memChunk struct {
 	cps        xor2Checkpoints
 }
 
-func (c *memChunk) valueType() chunkenc.ValueType { return encodingValueType(c.chk.Encoding()) }
 
 func encodingValueType(e chunkenc.Encoding) chunkenc.ValueType {
 	switch e {
