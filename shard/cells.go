@@ -73,8 +73,8 @@ func (pc *partCells) get(c int64) CellDigest {
 type cellState struct {
 	// mu guards parts. One lock for all partitions, taken once per
 	// commit: a lock per sample on its partition was a tenth of a commit
-	// (two atomic instructions per sample), and a commit holds this one for
-	// a few microseconds.
+	// (two atomic instructions per sample), and a commit holds this one only
+	// while it adds its collected samples, no hashing or series work.
 	mu    sync.Mutex
 	parts [NumPartitions]partCells
 	// from is the first cell index that may be valid. It only grows.

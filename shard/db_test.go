@@ -232,184 +232,36 @@ func TestHistogramsSurviveRestart(t *testing.T) {
 	crash(t, db)
 	db = open(t, Config{Path: dir})
 	defer func() { _ = db.Close() }()
+	i := 0
+	onlySeries(t, db, labels.MustNewMatcher(labels.MatchEqual, "__name__", "h"), func(it chunkenc.Iterator) {
+		for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
+			require.Equal(t, chunkenc.ValHistogram, vt)
+			_, h := it.AtHistogram(nil)
+			want := hs[i].Copy()
+			if i > 0 {
+				want.CounterResetHint = histogram.NotCounterReset
+			}
+			require.Equal(t, want.Count, h.Count)
+			require.Equal(t, want.Sum, h.Sum)
+			require.Equal(t, want.PositiveBuckets, h.PositiveBuckets)
+			i++
+		}
+	})
+	require.Equal(t, len(hs), i)
+}
+
+// onlySeries calls fn with the iterator of the one series of db matching
+// m, while its querier is open.
+func onlySeries(t *testing.T, db *DB, m *labels.Matcher, fn func(it chunkenc.Iterator)) {
+	t.Helper()
 	q, err := db.Querier(math.MinInt64, math.MaxInt64)
 	require.NoError(t, err)
 	defer func() { _ = q.Close() }()
-	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", "h"))
+	ss := q.Select(context.Background(), false, nil, m)
 	require.True(t, ss.Next())
 	it := ss.At().Iterator(nil)
-	i := 0
-	for vt := it.Next(); vt != chunkenc.ValNone; vt = it.Next() {
-		require.Equal(t, chunkenc.ValHistogram, vt)
-		_, h := it.AtHistogram(nil)
-		want := hs[i].Copy()
-		if i > 0 {
-			want.CounterResetHint = histogram.NotCounterReset
-		}
-		require.Equal(t, want.Count, h.Count)
-		require.Equal(t, want.Sum, h.Sum)
-		require.Equal(t, want.PositiveBuckets, h.PositiveBuckets)
-		i++
-	}
-	require.Equal(t, len(hs), i)
-	require.False(t, ss.Next())
-}
-
-// A label with an empty value is no label (as in Prometheus): appends with
-// and without it are one series, in the partition of the labels without it.
-func TestEmptyLabelValueIsOneSeries(t *testing.T) {
-	db := open(t, Config{})
-	defer func() { _ = db.Close() }()
-	with := labels.FromStrings("__name__", "m", "empty", "", "job", "a")
-	without := labels.FromStrings("__name__", "m", "job", "a")
-	appendFloats(t, db, with, pt{10, 1})
-	appendFloats(t, db, with, pt{20, 2})
-	appendFloats(t, db, without, pt{30, 3})
-	got := queryFloats(t, db, 0, 100, labels.MustNewMatcher(labels.MatchEqual, "job", "a"))
-	require.Equal(t, map[string][]pt{without.String(): {{10, 1}, {20, 2}, {30, 3}}}, got)
-	require.Equal(t, uint64(1), db.Stats(10).NumSeries)
-}
-
-// Float samples wait in a small per-series buffer before they are encoded
-// into the open chunk: queries, flushes and chunk cutting must all see them.
-func TestPendingSamplesAreReadFlushedAndCut(t *testing.T) {
-	dir := t.TempDir()
-	db := open(t, Config{Path: dir})
-	ls := labels.FromStrings("__name__", "m")
-	m := labels.MustNewMatcher(labels.MatchEqual, "__name__", "m")
-	var want []pt
-	for i := int64(0); i < samplesPerChunk+pendCap/2; i++ {
-		want = append(want, pt{i * 15000, float64(i)})
-	}
-	for n := 1; n <= pendCap+1; n++ { // one sample per commit, then read
-		appendFloats(t, db, ls, want[n-1])
-		require.Equal(t, want[:n], queryFloats(t, db, math.MinInt64, math.MaxInt64, m)[ls.String()], "after %d samples", n)
-	}
-	appendFloats(t, db, ls, want[pendCap+1:]...)
-	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, m)[ls.String()])
-
-	s := db.seriesByRef(1)
-	s.mu.Lock()
-	s.settle()
-	var sizes []int
-	for _, c := range s.chunks {
-		sizes = append(sizes, c.chk.NumSamples())
-	}
-	s.mu.Unlock()
-	require.Equal(t, []int{samplesPerChunk, pendCap / 2}, sizes, "chunks cut at samplesPerChunk, pending counted")
-
-	// A flush persists the pending samples and truncates the write-ahead
-	// log: after a crash they come back from the chunks alone.
-	appendFloats(t, db, ls, pt{want[len(want)-1].t + 15000, 1})
-	want = append(want, pt{want[len(want)-1].t + 15000, 1})
-	require.NoError(t, db.flush())
-	crash(t, db)
-	db = open(t, Config{Path: dir})
-	defer func() { _ = db.Close() }()
-	require.Equal(t, want, queryFloats(t, db, math.MinInt64, math.MaxInt64, m)[ls.String()])
-}
-
-// A ref is trusted without comparing labels only when this instance handed
-// it out: a ref from another instance, or an untagged one, that happens to
-// name another series here must not send samples to that series.
-func TestForeignRefsDoNotRedirectSamples(t *testing.T) {
-	a := labels.FromStrings("__name__", "a")
-	b := labels.FromStrings("__name__", "b")
-	m := labels.MustNewMatcher(labels.MatchRegexp, "__name__", "a|b")
-	db1 := open(t, Config{})
-	defer func() { _ = db1.Close() }()
-	db2 := open(t, Config{})
-	defer func() { _ = db2.Close() }()
-
-	app1 := db1.AppenderV2(context.Background())
-	refA1, err := app1.Append(0, a, 0, 1000, 1, nil, nil, storage.AOptions{})
-	require.NoError(t, err)
-	require.NoError(t, app1.Commit())
-	appendFloats(t, db2, a, pt{1000, 1}) // same internal ref as in db1
-
-	app2 := db2.AppenderV2(context.Background())
-	for i, ref := range []storage.SeriesRef{refA1, refA1 & refMask} {
-		_, err = app2.Append(ref, b, 0, 2000+int64(i), 2, nil, nil, storage.AOptions{})
-		require.NoError(t, err)
-	}
-	// This instance's own ref is trusted and lands on its series.
-	refA2, err := app2.Append(0, a, 0, 3000, 3, nil, nil, storage.AOptions{})
-	require.NoError(t, err)
-	require.NotEqual(t, refA1, refA2, "instances tag their refs apart")
-	_, err = app2.Append(refA2, a, 0, 4000, 4, nil, nil, storage.AOptions{})
-	require.NoError(t, err)
-	require.NoError(t, app2.Commit())
-
-	got := queryFloats(t, db2, math.MinInt64, math.MaxInt64, m)
-	require.Equal(t, []pt{{1000, 1}, {3000, 3}, {4000, 4}}, got[a.String()])
-	require.Len(t, got[b.String()], 2)
-}
-
-// A resent native histogram (a retried or replicated write) is an exact
-// duplicate like a float: accepted, stored once and counted once in the
-// cell digests; another histogram at a stored timestamp is rejected.
-func TestHistogramDuplicates(t *testing.T) {
-	db := open(t, Config{})
-	defer func() { _ = db.Close() }()
-	hs := tsdbutil.GenerateTestHistograms(3)
-	fhs := tsdbutil.GenerateTestFloatHistograms(3)
-	h := labels.FromStrings("__name__", "h")
-	fh := labels.FromStrings("__name__", "fh")
-	appendH := func(ls labels.Labels, ts int64, hh *histogram.Histogram, ff *histogram.FloatHistogram) error {
-		app := db.AppenderV2(context.Background())
-		_, err := app.Append(0, ls, 0, ts, 0, hh, ff, storage.AOptions{})
-		if err != nil {
-			_ = app.Rollback()
-			return err
-		}
-		return app.Commit()
-	}
-	for i, ts := range []int64{1000, 3000, 2000} { // the last out of order
-		require.NoError(t, appendH(h, ts, hs[i], nil))
-		require.NoError(t, appendH(fh, ts, nil, fhs[i]))
-	}
-	cells := func() []CellDigest {
-		var all []CellDigest
-		for _, ls := range []labels.Labels{h, fh} {
-			c, ok := db.PartitionCells(PartitionOf(ls), 0, 10000, nil)
-			require.True(t, ok)
-			all = append(all, c...)
-		}
-		return all
-	}
-	before := cells()
-	// The newest sample and a pending out-of-order one: what the duplicate
-	// check sees, for floats too (an older sample already in a chunk is
-	// stored again and dropped on read; see cells.go).
-	for i, ts := range []int64{1000, 3000, 2000} {
-		if ts == 1000 {
-			continue
-		}
-		require.NoError(t, appendH(h, ts, hs[i].Copy(), nil), "resent histogram at %d", ts)
-		require.NoError(t, appendH(fh, ts, nil, fhs[i].Copy()), "resent float histogram at %d", ts)
-	}
-	require.Equal(t, before, cells(), "duplicates are not counted again")
-	for _, ts := range []int64{3000, 2000} {
-		require.ErrorIs(t, appendH(h, ts, hs[0], nil), storage.ErrDuplicateSampleForTimestamp)
-		require.ErrorIs(t, appendH(fh, ts, nil, fhs[0]), storage.ErrDuplicateSampleForTimestamp)
-	}
-
-	require.NoError(t, db.flush()) // out-of-order samples into chunks
-	q, err := db.Querier(0, 10000)
-	require.NoError(t, err)
-	defer func() { _ = q.Close() }()
-	ss := q.Select(context.Background(), true, nil, labels.MustNewMatcher(labels.MatchRegexp, "__name__", "f?h"))
-	n := 0
-	for ss.Next() {
-		it := ss.At().Iterator(nil)
-		var ts []int64
-		for it.Next() != chunkenc.ValNone {
-			ts = append(ts, it.AtT())
-		}
-		require.NoError(t, it.Err())
-		require.Equal(t, []int64{1000, 2000, 3000}, ts, ss.At().Labels().String())
-		n++
-	}
+	fn(it)
+	require.NoError(t, it.Err())
+	require.False(t, ss.Next(), "one series")
 	require.NoError(t, ss.Err())
-	require.Equal(t, 2, n)
 }

@@ -58,7 +58,6 @@ type memChunk struct {
 	cps        xor2Checkpoints
 }
 
-
 func encodingValueType(e chunkenc.Encoding) chunkenc.ValueType {
 	switch e {
 	case chunkenc.EncHistogram, chunkenc.EncHistogramST:

@@ -341,19 +341,13 @@ func TestWALReplayKeepsStartTimestamps(t *testing.T) {
 
 	db = open(t, Config{Path: dir})
 	defer func() { _ = db.Close() }()
-	q, err := db.Querier(math.MinInt64, math.MaxInt64)
-	require.NoError(t, err)
-	defer func() { _ = q.Close() }()
-	ss := q.Select(context.Background(), false, nil, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"))
-	require.True(t, ss.Next())
-	it := ss.At().Iterator(nil)
 	var got [][2]int64 // t, st
-	for it.Next() != chunkenc.ValNone {
-		ts, _ := it.At()
-		got = append(got, [2]int64{ts, it.AtST()})
-	}
-	require.NoError(t, it.Err())
-	require.False(t, ss.Next())
+	onlySeries(t, db, labels.MustNewMatcher(labels.MatchEqual, "__name__", "m"), func(it chunkenc.Iterator) {
+		for it.Next() != chunkenc.ValNone {
+			ts, _ := it.At()
+			got = append(got, [2]int64{ts, it.AtST()})
+		}
+	})
 	require.Equal(t, [][2]int64{{1000, 0}, {2000, 0}, {3000, 2500}, {4000, 2500}}, got)
 }
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"slices"
-	"sync"
 
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
@@ -50,41 +49,15 @@ func (e *exemplarQuerier) Select(start, end int64, matchers ...[]*labels.Matcher
 	for _, r := range local {
 		m.add(r.SeriesLabels, r.Exemplars)
 	}
-	var peers []ring.Member
-	if r := q.topo.Ring(); r != nil {
-		self := q.topo.Self()
-		for _, mb := range r.Members() {
-			if mb.Name != self && q.topo.Alive(mb.Name) {
-				peers = append(peers, mb)
-			}
+	err = q.eachPeer(ctx, func(peer ring.Member) ([]frame, error) {
+		return q.peerExemplars(ctx, peer, start, end, matchers)
+	}, func(got []frame) {
+		for _, f := range got {
+			m.add(f.lset, f.exemplars)
 		}
-	}
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-	)
-	for _, peer := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got, err := q.peerExemplars(ctx, peer, start, end, matchers)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				return
-			}
-			for _, f := range got {
-				m.add(f.lset, f.exemplars)
-			}
-		}()
-	}
-	wg.Wait()
-	if firstErr != nil && !q.partial(ctx) {
-		return nil, fmt.Errorf("exemplars: %w", firstErr)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("exemplars: %w", err)
 	}
 	return m.results(), nil
 }

@@ -21,45 +21,17 @@ func (q *Queryable) Metadata(ctx context.Context, metric string, limit, limitPer
 	if err != nil {
 		return nil, err
 	}
-	r := q.topo.Ring()
-	self := q.topo.Self()
-	var peers []ring.Member
-	for _, m := range r.Members() {
-		if m.Name != self && q.topo.Alive(m.Name) {
-			peers = append(peers, m)
-		}
-	}
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-	)
-	merge := func(name string, m metadata.Metadata) {
-		if !slices.Contains(out[name], m) {
-			out[name] = append(out[name], m)
-		}
-	}
-	for _, peer := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got, err := q.peerMetadata(ctx, peer, metric, limitPerMetric)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				return
+	err = q.eachPeer(ctx, func(peer ring.Member) ([]frame, error) {
+		return q.peerMetadata(ctx, peer, metric, limitPerMetric)
+	}, func(got []frame) {
+		for _, f := range got {
+			if !slices.Contains(out[f.str], f.meta) {
+				out[f.str] = append(out[f.str], f.meta)
 			}
-			for _, f := range got {
-				merge(f.str, f.meta)
-			}
-		}()
-	}
-	wg.Wait()
-	if firstErr != nil && !q.partial(ctx) {
-		return nil, fmt.Errorf("metadata: %w", firstErr)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
 	}
 	if limit > 0 && len(out) > limit {
 		names := make([]string, 0, len(out))
@@ -93,4 +65,41 @@ func (q *Queryable) peerMetadata(ctx context.Context, peer ring.Member, metric s
 		}
 		out = append(out, f)
 	}
+}
+
+// eachPeer asks every live peer, in parallel, for what is not partitioned
+// (metadata, exemplars): fetch runs per peer and merge takes each answer,
+// one at a time. It returns the first peer's error, or nil when partial
+// response is on and the failed peers are skipped.
+func (q *Queryable) eachPeer(ctx context.Context, fetch func(ring.Member) ([]frame, error), merge func([]frame)) error {
+	self := q.topo.Self()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	for _, peer := range q.topo.Ring().Members() {
+		if peer.Name == self || !q.topo.Alive(peer.Name) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := fetch(peer)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			merge(got)
+		}()
+	}
+	wg.Wait()
+	if q.partial(ctx) {
+		return nil
+	}
+	return firstErr
 }
